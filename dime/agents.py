@@ -1,0 +1,161 @@
+"""The ``Agent`` interface every algorithm implements, and the algorithm registry.
+
+A new algorithm is one file: a config dataclass derived from :class:`AgentConfig`, an :class:`Agent` subclass, and
+one line in :data:`ALGORITHMS` (or no line at all: ``--algo my_package.my_module:MyAgent`` loads any importable
+class). The trainer (:mod:`dime.trainer`) owns the environment loop, warm-up, evaluation, logging and
+checkpointing; the agent owns everything that happens per gradient step (UTD, policy delay, resets).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from dime.replay import ReplayBuffer
+from dime.tasks import TaskSpec
+
+#: Registered algorithms: name -> "module:Class". Lazy imports keep ``--help`` and the task list fast.
+ALGORITHMS: dict[str, str] = {
+    "sac": "baselines.sac:SAC",
+    "dime": "dime.dime_agent:DIME",
+    "dime-gauss": "dime.gauss_ablation:DIMEGauss",
+    "crossq": "baselines.crossq:CrossQ",
+    "bro": "baselines.bro:BRO",
+    "bro-fast": "baselines.bro:BROFast",
+    "qsm": "baselines.qsm:QSM",
+    "diffusion-ql": "baselines.diffusion_ql:DiffusionQL",
+    "consistency-ac": "baselines.consistency_ac:ConsistencyAC",
+    "dipo": "baselines.dipo:DIPO",
+    "qvpo": "baselines.qvpo:QVPO",
+    "dacer": "baselines.dacer:DACER",
+}
+
+
+class UnknownAlgorithmError(ValueError):
+    """Raised for an algorithm name that is neither registered nor an importable ``module:Class``."""
+
+
+class ConfigError(ValueError):
+    """Raised for an unknown config key or a value of the wrong type; the message is one line."""
+
+
+@dataclass
+class AgentConfig:
+    """Fields the trainer reads from every algorithm's config. Subclasses add their own hyperparameters.
+
+    ``learning_starts``: env steps of uniform random actions before the first policy action and update.
+    ``eval_episodes`` / ``eval_deterministic``: the algorithm's own evaluation protocol.
+    """
+
+    learning_starts: int = 5000
+    batch_size: int = 256
+    gamma: float = 0.99
+    buffer_size: int = 1_000_000
+    eval_episodes: int = 5
+    eval_deterministic: bool = True
+
+    def replace(self, **overrides: Any) -> AgentConfig:
+        """A copy with ``overrides`` applied after validating names and types (one-line :class:`ConfigError`)."""
+        return dataclasses.replace(self, **coerce_overrides(type(self), overrides))
+
+
+def coerce_overrides(config_cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Check override keys against the dataclass fields and coerce YAML scalars to the declared types."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {key!r} for {config_cls.__name__}; valid keys: {', '.join(fields)}")
+        out[key] = _coerce(key, value, fields[key].type)
+    return out
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kind = kind.replace(" ", "")
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise TypeError
+        if kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind in ("str", "Literal"):
+            return str(value)
+        if kind.startswith(("tuple[int", "list[int")):
+            items = value if isinstance(value, list | tuple) else [value]
+            return tuple(int(v) for v in items)
+        if kind.startswith(("float|None", "Optional[float]")):
+            return None if value is None or str(value).lower() in ("none", "null") else float(value)
+        if kind.startswith(("int|None", "Optional[int]")):
+            return None if value is None or str(value).lower() in ("none", "null") else int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key!r} expects {kind}, got {value!r}") from None
+    return value
+
+
+class Agent(abc.ABC):
+    """An off-policy agent driven by :class:`dime.trainer.Trainer`.
+
+    Subclasses set ``Config`` and implement the four methods below. ``update`` is called once per env step after
+    ``learning_starts`` and performs every gradient step of that env step (UTD, delayed actor, temperature),
+    sampling its own minibatches from the buffer. Metrics are returned as tensors (no host sync); the trainer reads
+    them only at its logging interval.
+    """
+
+    Config: ClassVar[type[AgentConfig]] = AgentConfig
+
+    def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: AgentConfig, device: torch.device):
+        self.task = task
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def default_config(cls, task: TaskSpec) -> AgentConfig:
+        """The algorithm's defaults for ``task`` (per-suite values such as the critic support live here)."""
+        return cls.Config()
+
+    @abc.abstractmethod
+    def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """Actions in [-1, 1]^A for a (B, O) float32 batch of observations."""
+
+    @abc.abstractmethod
+    def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """All gradient steps belonging to one env step; returns scalar metrics as tensors."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimisers, counters: everything needed to resume bit-exactly."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def load_algorithm(name: str) -> type[Agent]:
+    """Resolve a registered name (``dime``) or an import path (``my_pkg.my_algo:MyAgent``) to an Agent class."""
+    target = ALGORITHMS.get(name)
+    if target is None and ":" not in name:
+        raise UnknownAlgorithmError(f"unknown algorithm {name!r}; valid choices: {', '.join(ALGORITHMS)}")
+    module_name, _, class_name = (target or name).partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise UnknownAlgorithmError(f"cannot load algorithm {name!r} ({target or name}): {error}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise UnknownAlgorithmError(f"algorithm {name!r} resolves to {cls!r}, which is not a dime.agents.Agent")
+    return cls

@@ -1,0 +1,55 @@
+"""Network building blocks shared by the agents: flax-style initialisation and plain MLPs.
+
+The DIME and CrossQ references are Flax code; their Dense layers start from a truncated lecun-normal kernel and a
+zero bias (``dime.md`` §3.5, §8.2), unlike PyTorch's default kaiming-uniform. ``flax_linear`` reproduces that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+# std of a unit normal truncated to [-2, 2]; flax divides by it so the truncated draw keeps variance 1/fan_in.
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """In-place truncated lecun-normal init of a (out, in) weight, as ``flax.linen.initializers.lecun_normal``."""
+    std = math.sqrt(1.0 / weight.shape[-1]) / _TRUNCATED_NORMAL_STD
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def flax_linear(in_features: int, out_features: int) -> nn.Linear:
+    """``nn.Linear`` initialised like ``flax.linen.Dense`` (lecun-normal kernel, zero bias)."""
+    layer = nn.Linear(in_features, out_features)
+    lecun_normal_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    linear: Callable[[int, int], nn.Linear] = nn.Linear,
+) -> nn.Sequential:
+    """Linear -> activation for each hidden width, then a linear output layer."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [linear(width, h), activation()]
+        width = h
+    layers.append(linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, for parameters (buffers are copied)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+        for t, s in zip(target.buffers(), source.buffers(), strict=True):
+            t.copy_(s)

@@ -1,0 +1,181 @@
+"""Task registry and one environment factory for Gymnasium MuJoCo, DeepMind Control and MyoSuite.
+
+Every environment leaves :func:`make_env` with the same contract, whatever its suite:
+
+* observations flattened to a float32 vector (DMC dict observations in gymnasium's sorted-key order);
+* actions in ``[-1, 1]^A``, mapped affinely onto the native bounds (``dime.md`` §2.2);
+* ``terminated`` kept apart from ``truncated``: DMC episodes only ever truncate (1000 control steps, no action
+  repeat), Gym and MyoSuite terminate on unhealthy states / dropped objects, so time limits bootstrap;
+* MyoSuite's ``info["solved"]`` passed through for success-rate scoring.
+
+Task names are ``<suite>/<name>``: ``dmc/dog-run``, ``gym/Humanoid-v4``, ``myo/key-turn-hard``.
+Per task the registry knows the suite, episode length, default critic support (``v_min``/``v_max``: ±200 on DMC
+and ±1600 on Gym as in the DIME code; MyoSuite is undocumented by the authors, see ``MYO_VALUE_RANGE``) and the
+score metric the study tables use.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+Suite = Literal["dmc", "gym", "myo"]
+Metric = Literal["return", "success"]
+
+#: DMC critic support of the DIME code (configs/alg/dime.yaml).
+DMC_VALUE_RANGE = (-200.0, 200.0)
+#: Gym critic support the DIME authors used for Ant-v3/Humanoid-v3 (README, ALRhub/DIME#2).
+GYM_VALUE_RANGE = (-1600.0, 1600.0)
+#: MyoSuite support is not recoverable from the DIME repository. Dense MyoSuite hand rewards are O(10) per step
+#: (reach: -dist + bonus 4, obj-hold/key-turn/pen-twirl similar) over 50-200 steps, so ±200 covers the discounted
+#: values of every task; recorded as a documented choice, override with ``--set v_min=... v_max=...``.
+MYO_VALUE_RANGE = (-200.0, 200.0)
+
+
+class UnknownTaskError(ValueError):
+    """Raised for a task name that is not in the registry; the message lists close matches."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Static facts about one task."""
+
+    name: str  # registry name, e.g. "dmc/dog-run"
+    suite: Suite
+    env_id: str  # gymnasium id passed to gym.make
+    episode_length: int  # time limit in env (control) steps
+    v_min: float
+    v_max: float
+    metric: Metric  # the score the study tables use: undiscounted return, or MyoSuite final-step success
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return (self.v_min, self.v_max)
+
+
+# Gymnasium MuJoCo v4 (closest to the paper's mujoco-py v3) and v5; Pendulum-v1 is the cheap task of the
+# learning tests. Episode lengths are those registered by gymnasium.
+_GYM_MUJOCO = {
+    "Ant": 1000,
+    "HalfCheetah": 1000,
+    "Hopper": 1000,
+    "Humanoid": 1000,
+    "HumanoidStandup": 1000,
+    "InvertedDoublePendulum": 1000,
+    "InvertedPendulum": 1000,
+    "Pusher": 100,
+    "Reacher": 50,
+    "Swimmer": 1000,
+    "Walker2d": 1000,
+}
+
+# MyoSuite hand tasks: "<task>" is the Fixed variant, "<task>-hard" the Random variant used by DIME and BRO.
+# Horizons are MyoSuite's registry values (identical from 2.2 to 3.0).
+_MYO_HAND = {
+    "reach": ("myoHandReachFixed-v0", "myoHandReachRandom-v0", 100),
+    "pose": ("myoHandPoseFixed-v0", "myoHandPoseRandom-v0", 100),
+    "obj-hold": ("myoHandObjHoldFixed-v0", "myoHandObjHoldRandom-v0", 75),
+    "key-turn": ("myoHandKeyTurnFixed-v0", "myoHandKeyTurnRandom-v0", 200),
+    "pen-twirl": ("myoHandPenTwirlFixed-v0", "myoHandPenTwirlRandom-v0", 50),
+}
+
+
+@functools.cache
+def registry() -> dict[str, TaskSpec]:
+    """All known tasks, keyed by name. Built once; DMC's list comes from ``dm_control.suite.ALL_TASKS``."""
+    from dm_control import suite as dmc_suite
+
+    tasks: dict[str, TaskSpec] = {}
+    for domain, task in dmc_suite.ALL_TASKS:
+        name = f"dmc/{domain}-{task}"
+        tasks[name] = TaskSpec(name, "dmc", f"dm_control/{domain}-{task}-v0", 1000, *DMC_VALUE_RANGE, "return")
+    for env, length in _GYM_MUJOCO.items():
+        for version in ("v4", "v5"):
+            name = f"gym/{env}-{version}"
+            tasks[name] = TaskSpec(name, "gym", f"{env}-{version}", length, *GYM_VALUE_RANGE, "return")
+    tasks["gym/Pendulum-v1"] = TaskSpec("gym/Pendulum-v1", "gym", "Pendulum-v1", 200, *GYM_VALUE_RANGE, "return")
+    for short, (fixed_id, random_id, length) in _MYO_HAND.items():
+        for name, env_id in ((f"myo/{short}", fixed_id), (f"myo/{short}-hard", random_id)):
+            tasks[name] = TaskSpec(name, "myo", env_id, length, *MYO_VALUE_RANGE, "success")
+    return tasks
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by name; unknown names raise :class:`UnknownTaskError` naming close matches."""
+    tasks = registry()
+    if name in tasks:
+        return tasks[name]
+    close = difflib.get_close_matches(name, tasks.keys(), n=5, cutoff=0.5)
+    hint = f"close matches: {', '.join(close)}" if close else "list them with `python -m dime.train --list-tasks`"
+    raise UnknownTaskError(f"unknown task {name!r}; {hint}")
+
+
+class _FlatFloat32Observation(gym.ObservationWrapper):
+    """Flatten (dict) observations to one float32 vector in gymnasium's canonical (sorted-key) order."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        flat = gym.spaces.flatten_space(env.observation_space)
+        self.observation_space = gym.spaces.Box(
+            low=flat.low.astype(np.float32), high=flat.high.astype(np.float32), dtype=np.float32
+        )
+        self._source_space = env.observation_space
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return np.asarray(gym.spaces.flatten(self._source_space, observation), dtype=np.float32)
+
+
+class _UnitActions(gym.ActionWrapper):
+    """Accept actions in [-1, 1]^A and map them affinely onto the native Box bounds (clipping first)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.action_space
+        assert isinstance(space, gym.spaces.Box), "only continuous action spaces are supported"
+        self._low = space.low.astype(np.float64)
+        self._high = space.high.astype(np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=space.shape, dtype=np.float32)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        unit = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        return self._low + 0.5 * (unit + 1.0) * (self._high - self._low)
+
+
+def _import_suite(suite: Suite) -> None:
+    # Under gymnasium 1.x the dm_control/ and myo* ids exist only after these imports.
+    if suite == "dmc":
+        import shimmy  # noqa: F401
+    elif suite == "myo":
+        import myosuite  # noqa: F401
+
+
+def make_env(task: str | TaskSpec, seed: int | None = None) -> gym.Env:
+    """Build the environment of ``task`` with the common contract of this module.
+
+    ``seed`` seeds the first reset and the action space (for uniform warm-up actions); later episodes should be
+    reset with explicit seeds by the caller when exact reproducibility across restarts matters (the trainer does).
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    _import_suite(spec.suite)
+    env = gym.make(spec.env_id)
+    if spec.suite == "myo" and env.spec is not None and env.spec.max_episode_steps is None:
+        env = gym.wrappers.TimeLimit(env, spec.episode_length)
+    env = _FlatFloat32Observation(env)
+    env = _UnitActions(env)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def episode_success(info: dict[str, Any]) -> bool | None:
+    """MyoSuite's per-step success flag (``solved``; ``is_success`` elsewhere), or None if the env has none."""
+    for key in ("solved", "is_success"):
+        if key in info:
+            return bool(np.asarray(info[key]).any())
+    return None
