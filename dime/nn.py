@@ -53,3 +53,29 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
         for t, s in zip(target.buffers(), source.buffers(), strict=True):
             t.copy_(s)
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers applied with one batched matmul: (E, N, in) -> (E, N, out).
+
+    Stacking the twin critics this way replaces a Python loop over critics by a single ``baddbmm`` (LeanRL's
+    vmapped ensembles, ``baselines.md`` §16.4). Each member is initialised like ``init`` would initialise an
+    ``nn.Linear`` (default: PyTorch's own init).
+    """
+
+    def __init__(
+        self,
+        ensemble_size: int,
+        in_features: int,
+        out_features: int,
+        init: Callable[[int, int], nn.Linear] = nn.Linear,
+    ):
+        super().__init__()
+        members = [init(in_features, out_features) for _ in range(ensemble_size)]
+        self.weight = nn.Parameter(torch.stack([m.weight.detach().T for m in members]))  # (E, in, out)
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in members]).unsqueeze(1))  # (E, 1, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # the same input for every member
+            x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
+        return torch.baddbmm(self.bias, x, self.weight)

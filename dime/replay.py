@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+_COLUMNS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
 
 class Batch(NamedTuple):
     obs: torch.Tensor  # (B, O)
@@ -55,9 +57,7 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
-        return Batch(
-            self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx], idx
-        )
+        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx], idx)
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size
@@ -65,19 +65,23 @@ class ReplayBuffer:
             "capacity": self.capacity,
             "position": self.position,
             "size": n,
-            "obs": self.obs[:n].cpu(),
-            "next_obs": self.next_obs[:n].cpu(),
-            "actions": self.actions[:n].cpu(),
-            "rewards": self.rewards[:n].cpu(),
-            "terminated": self.terminated[:n].cpu(),
+            **{name: getattr(self, name)[:n].cpu() for name in _COLUMNS},
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["capacity"] != self.capacity or state["obs"].shape[1] != self.obs.shape[1]:
-            raise ValueError("replay buffer checkpoint has a different capacity or observation size")
-        n = state["size"]
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+        """Restore a saved buffer. A run resumed with a longer budget may have a larger capacity than the one it
+        was saved with; the rows are then laid out oldest-first, which keeps every transition."""
+        if state["obs"].shape[1] != self.obs.shape[1] or state["actions"].shape[1] != self.actions.shape[1]:
+            raise ValueError("replay buffer checkpoint has other observation or action sizes")
+        n, position = state["size"], state["position"]
+        if state["capacity"] != self.capacity:
+            if n > self.capacity:
+                raise ValueError(f"replay buffer checkpoint holds {n} rows, more than the capacity {self.capacity}")
+            order = torch.roll(torch.arange(n), -position) if n == state["capacity"] else torch.arange(n)
+            state = {**state, **{k: state[k][order] for k in _COLUMNS}}
+            position = n % self.capacity
+        for name in _COLUMNS:
             getattr(self, name)[:n] = state[name].to(self.device)
-        self.position, self.size = state["position"], n
+        self.position, self.size = position, n
         self.generator.set_state(state["generator"])

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
+
+# Nothing here renders; without this dm_control probes GLFW and warns about a missing X display on headless nodes.
+os.environ.setdefault("MUJOCO_GL", "disable")
 
 Suite = Literal["dmc", "gym", "myo"]
 Metric = Literal["return", "success"]
@@ -86,14 +90,9 @@ _MYO_HAND = {
 
 
 @functools.cache
-def registry() -> dict[str, TaskSpec]:
-    """All known tasks, keyed by name. Built once; DMC's list comes from ``dm_control.suite.ALL_TASKS``."""
-    from dm_control import suite as dmc_suite
-
+def _static_tasks() -> dict[str, TaskSpec]:
+    """Gym and MyoSuite tasks (known without importing their simulators)."""
     tasks: dict[str, TaskSpec] = {}
-    for domain, task in dmc_suite.ALL_TASKS:
-        name = f"dmc/{domain}-{task}"
-        tasks[name] = TaskSpec(name, "dmc", f"dm_control/{domain}-{task}-v0", 1000, *DMC_VALUE_RANGE, "return")
     for env, length in _GYM_MUJOCO.items():
         for version in ("v4", "v5"):
             name = f"gym/{env}-{version}"
@@ -105,12 +104,30 @@ def registry() -> dict[str, TaskSpec]:
     return tasks
 
 
+@functools.cache
+def _dmc_tasks() -> dict[str, TaskSpec]:
+    """Every task of the DeepMind Control suite (``dm_control.suite.ALL_TASKS``, dog and humanoid included)."""
+    from dm_control import suite as dmc_suite
+
+    return {
+        f"dmc/{domain}-{task}": TaskSpec(
+            f"dmc/{domain}-{task}", "dmc", f"dm_control/{domain}-{task}-v0", 1000, *DMC_VALUE_RANGE, "return"
+        )
+        for domain, task in dmc_suite.ALL_TASKS
+    }
+
+
+def registry() -> dict[str, TaskSpec]:
+    """All known tasks, keyed by name."""
+    return {**_dmc_tasks(), **_static_tasks()}
+
+
 def get_task(name: str) -> TaskSpec:
     """Look a task up by name; unknown names raise :class:`UnknownTaskError` naming close matches."""
-    tasks = registry()
+    tasks = _dmc_tasks() if name.startswith("dmc/") else _static_tasks()
     if name in tasks:
         return tasks[name]
-    close = difflib.get_close_matches(name, tasks.keys(), n=5, cutoff=0.5)
+    close = difflib.get_close_matches(name, registry().keys(), n=5, cutoff=0.5)
     hint = f"close matches: {', '.join(close)}" if close else "list them with `python -m dime.train --list-tasks`"
     raise UnknownTaskError(f"unknown task {name!r}; {hint}")
 

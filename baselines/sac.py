@@ -1,0 +1,177 @@
+"""Soft Actor-Critic (Haarnoja et al., 2018) with CleanRL's defaults (``baselines.md`` §2).
+
+Twin critics with Polyak-averaged targets (τ = 0.005), a tanh-squashed Gaussian actor whose log-std is squashed
+into [-5, 2], and the temperature tuned towards the target entropy H̄ = −|A|:
+
+* critic target  y = r + γ (1 − terminated) [min_j Q̄_j(s', a') − α log π(a'|s')],  a' ~ π(·|s')
+* actor loss     L_π = E[α log π(a|s) − min_j Q_j(s, a)]
+* temperature    L_α = −log α · E[log π(a|s) + H̄]
+
+As in CleanRL, the actor and α are updated ``policy_frequency`` times every ``policy_frequency`` critic updates.
+Deviation: evaluation uses 5 deterministic (mean-action) episodes, the suite's common protocol; CleanRL reports
+training-episode returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dime.agents import Agent, AgentConfig
+from dime.nn import EnsembleLinear, mlp, polyak_update
+from dime.replay import ReplayBuffer
+from dime.tasks import TaskSpec
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def tanh_log_det_jacobian(pre_tanh: torch.Tensor) -> torch.Tensor:
+    """Σ_d log(1 − tanh²(u_d)) in the overflow-free form 2·(log 2 − u − softplus(−2u))."""
+    return (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+
+
+class TanhGaussianActor(nn.Module):
+    """π(a|s) = tanh(N(μ(s), σ(s)²)); log σ squashed into [log_std_min, log_std_max] with tanh (CleanRL)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], log_std_min: float, log_std_max: float):
+        super().__init__()
+        self.trunk = mlp(obs_dim, hidden[:-1], hidden[-1])
+        self.head = nn.Linear(hidden[-1], 2 * act_dim)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.head(F.relu(self.trunk(obs))).chunk(2, dim=-1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1.0)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-density log π(a|s) (Gaussian log-density minus tanh Jacobian)."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * noise
+        gaussian = (-0.5 * noise.pow(2) - log_std - _LOG_SQRT_2PI).sum(-1)
+        return torch.tanh(pre_tanh), gaussian - tanh_log_det_jacobian(pre_tanh)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0])
+
+
+class TwinQ(nn.Module):
+    """Two Q(s, a) MLPs evaluated in one batched pass: returns (2, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], ensemble_size: int = 2):
+        super().__init__()
+        widths = [obs_dim + act_dim, *hidden, 1]
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble_size, a, b) for a, b in itertools.pairwise(widths))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], dim=-1)
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x).squeeze(-1)
+
+
+@dataclass
+class SACConfig(AgentConfig):
+    hidden: tuple[int, ...] = (256, 256)
+    actor_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-3
+    tau: float = 0.005
+    policy_frequency: int = 2
+    alpha: float | None = None  # a fixed temperature; None tunes it from init_alpha towards the target entropy
+    init_alpha: float = 1.0
+    target_entropy_per_dim: float = -1.0
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+
+class SAC(Agent):
+    Config = SACConfig
+    config: SACConfig
+
+    def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: SACConfig, device: torch.device):
+        super().__init__(task, obs_dim, act_dim, config, device)
+        c = config
+        self.actor = TanhGaussianActor(obs_dim, act_dim, c.hidden, c.log_std_min, c.log_std_max).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, c.hidden).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(c.alpha or c.init_alpha), device=device, requires_grad=c.alpha is None)
+        self.target_entropy = c.target_entropy_per_dim * act_dim
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr) if c.alpha is None else None
+        self.gradient_steps = 0
+
+    def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return self.actor.mode(obs) if deterministic else self.actor.sample(obs)[0]
+
+    def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        c = self.config
+        batch = buffer.sample(c.batch_size)
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(batch.next_obs)
+            next_q = self.critic_target(batch.next_obs, next_actions).min(0).values - alpha * next_log_prob
+            target = batch.rewards + c.gamma * (1.0 - batch.terminated) * next_q
+        q = self.critic(batch.obs, batch.actions)
+        critic_loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(-1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
+        if self.gradient_steps % c.policy_frequency == 0:
+            for _ in range(c.policy_frequency):
+                metrics.update(self._update_actor(batch.obs))
+        polyak_update(self.critic_target, self.critic, c.tau)
+        self.gradient_steps += 1
+        return metrics
+
+    def _update_actor(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        alpha = self.log_alpha.detach().exp()
+        actions, log_prob = self.actor.sample(obs)
+        self.critic.requires_grad_(False)
+        q = self.critic(obs, actions).min(0).values
+        self.critic.requires_grad_(True)
+        actor_loss = (alpha * log_prob - q).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        metrics = {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean()}
+        if self.alpha_optimizer is not None:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
+            "gradient_steps": self.gradient_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.gradient_steps = state["gradient_steps"]

@@ -1,0 +1,254 @@
+"""The DIME agent (Celik et al., ICML 2025) as the authors' JAX code runs it (``dime.md`` §2.5, §4, §5).
+
+CrossQ-style max-entropy actor-critic with a diffusion actor (:mod:`dime.diffusion_policy`) whose entropy bound
+(:func:`dime.diffusion_policy.entropy_bound_costs`) replaces SAC's log π, and a categorical critic ensemble
+(:mod:`dime.categorical`). Per env step (``update``), from ONE draw of ``utd × batch_size`` replay rows split into
+``utd`` consecutive minibatches, for each minibatch:
+
+1. critic update: next actions and costs from the current actor (no target networks), one train-mode pass over
+   [(s, a); (s', a')] (joint batch-renorm statistics), C51 target = mean of both critics' projections, loss =
+   cross-entropy − 0.005·entropy summed over the critics; Adam(β1 = 0.5);
+2. if the global critic-update index g (0-based) satisfies g ≡ policy_delay − 1 (mod policy_delay), i.e. g = 2, 5,
+   8, … for delay 3: actor update on the SAME minibatch's observations against the eval-mode critic (mean of the
+   two critics, critic parameters frozen), gradients NaN→0 then clipped element-wise to ±1, Adam(β1 = 0.5); then
+   one temperature step on the batch-mean running cost c̄ of that actor pass: L_α = −α·(c̄ − 4|A|), α grows while
+   c̄ > 4|A| (``target_entropy_per_dim = −4``).
+
+α enters the critic target and the actor loss with its value from before that step's temperature update.
+Oddities kept on purpose (``dime.md`` §9): mean (not min) of the critics in the actor, averaged projected targets,
+stochastic evaluation, α tuned on the running cost only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from dime.agents import Agent, AgentConfig, ConfigError
+from dime.categorical import DistributionalCritic, categorical_critic_loss, project_distribution
+from dime.diffusion_policy import DiffusionPolicy, PolicySample
+from dime.replay import Batch, ReplayBuffer
+from dime.tasks import TaskSpec
+
+
+@dataclass
+class DIMETrainingConfig(AgentConfig):
+    """Critic, optimiser and schedule settings shared by DIME and its Gaussian-actor ablation (``dime.md`` §1).
+
+    ``v_min``/``v_max``: critic support; :meth:`DIME.default_config` takes them from the task registry (±200 on
+    DMC, ±1600 on Gym as in the authors' README). ``alpha``: a fixed temperature, or None to auto-tune log α from
+    ``init_alpha``. ``target_entropy_per_dim``: in SAC's sign convention (as in ``baselines.sac``), α is tuned so
+    that the batch mean of the running cost approaches −target_entropy_per_dim·|A|, i.e. the entropy proxy
+    −running cost approaches target_entropy_per_dim·|A|. The reference hard-codes "target entropy 4·|A|" but
+    tunes the running cost, a log-probability-like quantity, towards +4·|A| (``dime.md`` §5.2, §9.3); that is
+    −4 here.
+    ``brn_warmup_steps`` counts critic updates (100k ≈ 50k env steps at UTD 2).
+    """
+
+    eval_deterministic: bool = False
+    critic_width: int = 2048
+    num_atoms: int = 101
+    v_min: float = -200.0
+    v_max: float = 200.0
+    critic_entropy_coef: float = 0.005
+    brn_warmup_steps: int = 100_000
+    brn_momentum: float = 0.99
+    utd: int = 2
+    policy_delay: int = 3
+    lr_actor: float = 3e-4
+    lr_critic: float = 3e-4
+    lr_alpha: float = 1e-3
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    actor_grad_clip: float = 1.0
+    alpha: float | None = None
+    init_alpha: float = 1.0
+    target_entropy_per_dim: float = -4.0
+
+
+@dataclass
+class DIMEConfig(DIMETrainingConfig):
+    """DIME's hyperparameters: the shipped DMC config of the reference (``dime.md`` §1), plus the diffusion actor.
+
+    ``diffusion_steps``: N Euler–Maruyama steps; ``score_width``/``score_layers``: the score network's hidden size
+    and number of hidden state-time layers; ``init_dt``/``init_friction``: initial softplus values of the learned
+    step-size scale and per-dim friction; ``prior_std``: σ₀ of the prior; ``schedule_s``/``schedule_min``: the
+    cosine dt profile.
+    """
+
+    diffusion_steps: int = 16
+    score_width: int = 256
+    score_layers: int = 3
+    init_dt: float = 0.1
+    init_friction: float = 1.0
+    prior_std: float = 2.5
+    schedule_s: float = 0.008
+    schedule_min: float = 0.001
+
+
+class DIME(Agent):
+    """DIME with a diffusion actor; subclasses swap the actor via :meth:`build_actor` (see ``DIMEGauss``)."""
+
+    Config = DIMEConfig
+
+    def __init__(
+        self, task: TaskSpec, obs_dim: int, act_dim: int, config: DIMETrainingConfig, device: torch.device
+    ):
+        super().__init__(task, obs_dim, act_dim, config, device)
+        self._check_config(config)
+        self.actor = self.build_actor().to(device)
+        self.critic = DistributionalCritic(
+            obs_dim,
+            act_dim,
+            config.v_min,
+            config.v_max,
+            hidden=config.critic_width,
+            num_atoms=config.num_atoms,
+            brn_warmup_steps=config.brn_warmup_steps,
+            brn_momentum=config.brn_momentum,
+        ).to(device)
+        betas = (config.adam_beta1, config.adam_beta2)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr_actor, betas=betas)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, betas=betas)
+        self.auto_alpha = config.alpha is None
+        initial_alpha = config.init_alpha if config.alpha is None else config.alpha
+        self.log_alpha = torch.tensor(math.log(initial_alpha), device=device, requires_grad=self.auto_alpha)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr_alpha) if self.auto_alpha else None
+        self.target_cost = -config.target_entropy_per_dim * act_dim
+        self.critic_updates = 0  # global critic-update counter: host state, decides the policy delay
+        zero = torch.zeros((), device=device)
+        self.last_actor_metrics = {"actor_loss": zero, "running_cost": zero, "terminal_cost": zero}
+
+    def _check_config(self, config: DIMETrainingConfig) -> None:
+        if config.eval_deterministic:
+            raise ConfigError(
+                "DIME's diffusion policy has no deterministic mode; the reference evaluates stochastically "
+                "(dime.md §9.1), set eval_deterministic=false"
+            )
+
+    @classmethod
+    def default_config(cls, task: TaskSpec) -> DIMETrainingConfig:
+        return cls.Config(v_min=task.v_min, v_max=task.v_max)
+
+    def build_actor(self) -> nn.Module:
+        """The policy module: ``actor(obs)`` returns a :class:`PolicySample` with gradients to its parameters."""
+        c = self.config
+        return DiffusionPolicy(
+            self.obs_dim,
+            self.act_dim,
+            num_steps=c.diffusion_steps,
+            hidden=c.score_width,
+            num_layers=c.score_layers,
+            init_dt=c.init_dt,
+            init_friction=c.init_friction,
+            prior_std=c.prior_std,
+            schedule_s=c.schedule_s,
+            schedule_min=c.schedule_min,
+        )
+
+    @property
+    def gradient_steps(self) -> int:
+        """Critic updates so far (the trainer reports updates/s from it)."""
+        return self.critic_updates
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        """A fresh stochastic sample of the diffusion policy; ``deterministic`` is ignored as in the reference."""
+        return self.actor(obs).actions
+
+    def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        c = self.config
+        rows = buffer.sample(c.utd * c.batch_size)
+        metrics: dict[str, torch.Tensor] = {}
+        for i in range(c.utd):
+            part = slice(i * c.batch_size, (i + 1) * c.batch_size)
+            batch = Batch(*(field[part] for field in rows))
+            alpha = self.alpha
+            metrics = self._critic_step(batch, alpha)
+            self.critic_updates += 1
+            if self.critic_updates % c.policy_delay == 0:
+                self.last_actor_metrics = self._actor_step(batch.obs, alpha)
+        return {**metrics, **self.last_actor_metrics, "alpha": self.alpha}
+
+    def _critic_step(self, batch: Batch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One categorical critic update with the CrossQ joint pass (``dime.md`` §4.3)."""
+        c = self.config
+        with torch.no_grad():
+            following: PolicySample = self.actor(batch.next_obs)
+            discount = c.gamma * (1.0 - batch.terminated)
+            bonus = -discount * alpha * (following.running_cost + following.terminal_cost)
+            shifted = (batch.rewards + bonus).unsqueeze(-1) + discount.unsqueeze(-1) * self.critic.atoms
+            target_atoms = shifted.clamp(c.v_min, c.v_max)
+        probs = self.critic(
+            torch.cat([batch.obs, batch.next_obs]), torch.cat([batch.actions, following.actions]), training=True
+        )
+        current, following_probs = probs[:, : c.batch_size], probs[:, c.batch_size :]
+        with torch.no_grad():
+            target = project_distribution(following_probs, target_atoms, c.v_min, c.v_max).mean(0)
+        loss = categorical_critic_loss(current, target, c.critic_entropy_coef)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+        q_min = self.critic.expected_value(current.detach()).min(0).values
+        return {"critic_loss": loss.detach(), "q_value": q_min.mean()}
+
+    def _actor_step(self, obs: torch.Tensor, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Actor update (``dime.md`` §5.1) followed by the temperature update (§5.2)."""
+        sample: PolicySample = self.actor(obs)
+        # Detached parameters: the gradient reaches the actions but no critic weight; eval-mode BRN leaves the
+        # running statistics untouched.
+        frozen = {name: p.detach() for name, p in self.critic.named_parameters()}
+        probs = functional_call(self.critic, frozen, (obs, sample.actions), {"training": False})
+        q_mean = self.critic.expected_value(probs).mean(0)
+        loss = (alpha * (sample.running_cost + sample.terminal_cost) - q_mean).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.actor_grad_clip
+        for p in self.actor.parameters():
+            if p.grad is not None:
+                p.grad.nan_to_num_(nan=0.0).clamp_(-clip, clip)
+        self.actor_optimizer.step()
+        running = sample.running_cost.detach().mean()
+        if self.alpha_optimizer is not None:
+            alpha_loss = -self.log_alpha.exp() * (running - self.target_cost)
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+        return {
+            "actor_loss": loss.detach(),
+            "running_cost": running,
+            "terminal_cost": sample.terminal_cost.detach().mean(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": None if self.alpha_optimizer is None else self.alpha_optimizer.state_dict(),
+            "critic_updates": self.critic_updates,
+            "last_actor_metrics": {k: v.clone() for k, v in self.last_actor_metrics.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.critic_updates = state["critic_updates"]
+        self.last_actor_metrics = {k: v.to(self.device) for k, v in state["last_actor_metrics"].items()}

@@ -1,0 +1,184 @@
+"""Command line for one training run.
+
+    python -m dime.train --algo dime --task dmc/cheetah-run --seed 0 --steps 1e6 --out runs/dime/cheetah-run/0
+
+Rerunning the same command resumes from ``<out>/checkpoint.pt``; a finished run (``summary.json`` present) is not
+retrained. User mistakes (unknown algorithm/task/config key, bad numbers, unwritable directory, malformed config)
+end with one ``error:`` line and exit status 2, before anything in the output directory is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from dime.agents import ALGORITHMS, ConfigError, UnknownAlgorithmError
+from dime.checkpoint import CheckpointError
+from dime.tasks import UnknownTaskError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fail(message)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _count(text: str) -> int:
+    """Accept 1000000, 1e6 or 1_000_000; reject fractions and negatives."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(value)
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
+    return value
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            _fail(f"--set {key}: cannot parse value {raw!r}")
+    return overrides
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    """A YAML mapping of agent hyperparameters (the ``agent:`` section of a run's config.yaml also works)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        _fail(f"cannot read config file {path!r}: {error.strerror}")
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        _fail(f"config file {path!r} is not valid YAML{where}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        _fail(f"config file {path!r} must hold a mapping of hyperparameters, got {type(data).__name__}")
+    return data.get("agent", data) if isinstance(data.get("agent"), dict) else data
+
+
+def _check_writable(out: Path) -> None:
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        _fail(f"output path {str(out)!r} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"output directory {str(out)!r} is not writable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m dime.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algo", help=f"algorithm: {', '.join(ALGORITHMS)}, or module:Class")
+    parser.add_argument("--task", help="task, e.g. dmc/dog-run, gym/Humanoid-v4, myo/key-turn-hard")
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--steps", type=_count, default=1_000_000, help="total env steps (1e6 accepted)")
+    parser.add_argument("--out", help="run directory (outputs, checkpoint)")
+    parser.add_argument("--eval-every", type=_count, default=3000, help="env steps between evaluations")
+    parser.add_argument("--checkpoint-every", type=_count, default=10_000)
+    parser.add_argument("--log-every", type=_count, default=1000)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=_count, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--config", help="YAML file of agent hyperparameter overrides")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
+    parser.add_argument("--list-tasks", action="store_true", help="print every task name and exit")
+    parser.add_argument("--list-algos", action="store_true", help="print every algorithm name and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_algos:
+        print("\n".join(ALGORITHMS))
+        return 0
+    if args.list_tasks:
+        from dime.tasks import registry
+
+        print("\n".join(sorted(registry())))
+        return 0
+    for name in ("algo", "task", "out"):
+        if getattr(args, name) is None:
+            _fail(f"--{name} is required")
+    overrides = _load_config_file(args.config) if args.config else {}
+    overrides.update(_parse_sets(args.set))
+    out = Path(args.out)
+    _check_writable(out)
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        _fail(f"unknown device {args.device!r}; valid choices: auto, cpu, cuda, cuda:N")
+
+    import torch
+
+    from dime.trainer import Preempted, TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    try:
+        config = TrainConfig(
+            algo=args.algo,
+            task=args.task,
+            seed=args.seed,
+            total_steps=args.steps,
+            eval_every=args.eval_every,
+            checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
+            device=args.device,
+            agent=overrides,
+        )
+        trainer = Trainer(config, out, quiet=args.quiet)
+    except (UnknownAlgorithmError, UnknownTaskError, ConfigError, ValueError) as error:
+        _fail(str(error))
+    summary_path = out / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("config_hash") != trainer.config_hash:
+            _fail(f"{out} holds a finished run with another configuration; use another --out directory")
+        if summary.get("total_steps", 0) >= args.steps:
+            print(f"{out}: already finished (final score {summary['final_score']}); nothing to do")
+            return 0
+        summary_path.unlink()  # a longer budget resumes from the checkpoint and writes a new summary
+    try:
+        summary = trainer.run()
+    except CheckpointError as error:
+        _fail(str(error))
+    except Preempted as stop:
+        print(f"{out}: {stop}; rerun the same command to resume", file=sys.stderr)
+        return 128 + stop.signum
+    if not args.quiet:
+        print(
+            f"{args.algo} on {args.task} (seed {args.seed}): final score {summary['final_score']:.4g}, "
+            f"{summary['env_steps_per_s']:.1f} env steps/s, {summary['wall_clock_s']:.0f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
