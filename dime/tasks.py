@@ -35,10 +35,11 @@ Metric = Literal["return", "success"]
 DMC_VALUE_RANGE = (-200.0, 200.0)
 #: Gym critic support the DIME authors used for Ant-v3/Humanoid-v3 (README, ALRhub/DIME#2).
 GYM_VALUE_RANGE = (-1600.0, 1600.0)
-#: MyoSuite support is not recoverable from the DIME repository. Dense MyoSuite hand rewards are O(10) per step
-#: (reach: -dist + bonus 4, obj-hold/key-turn/pen-twirl similar) over 50-200 steps, so ±200 covers the discounted
-#: values of every task; recorded as a documented choice, override with ``--set v_min=... v_max=...``.
-MYO_VALUE_RANGE = (-200.0, 200.0)
+#: MyoSuite support is not recoverable from the DIME repository (``dime.md`` §1, open question). MyoSuite's hand
+#: rewards reach several units per step (e.g. key-turn: angle + bonus 4 − 10·fingertip distances; obj-hold:
+#: bonus 4 − 100·goal distance), and time limits bootstrap, so discounted values approach 100 × the per-step reward.
+#: ±1000 keeps them inside the support with DMC's headroom ratio; override with ``--set v_min=... v_max=...``.
+MYO_VALUE_RANGE = (-1000.0, 1000.0)
 
 
 class UnknownTaskError(ValueError):

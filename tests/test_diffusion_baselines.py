@@ -6,6 +6,7 @@ and replay the agent's random draws by re-seeding the global RNG (the agents dra
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -48,6 +49,15 @@ TINY = {
         "alpha_every": 3,
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny ops; on a shared 2-core machine a second intra-op thread makes them ~100x slower (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -431,9 +441,11 @@ def test_update_returns_scalar_tensors_and_resume_is_bit_exact(task, cls):
     agent = make_agent(cls, task, seed=1)
     for step in range(3):
         agent.update(buffer, 100 + step)
-    state = agent.state_dict()
+    saved = io.BytesIO()
+    torch.save(agent.state_dict(), saved)  # what a checkpoint does; also breaks storage sharing
+    saved.seek(0)
     clone = make_agent(cls, task, seed=2)
-    clone.load_state_dict(state)
+    clone.load_state_dict(torch.load(saved, weights_only=False))
     buffer_state = buffer.state_dict()
     torch.manual_seed(7)
     metrics = agent.update(buffer, 103)

@@ -1,0 +1,165 @@
+"""Throughput of every algorithm: env steps/s and gradient updates/s in the learning phase, side by side.
+
+For each algorithm and each configuration (``paper``: the algorithm's defaults for the task; ``small``: narrow
+networks, see ``SMALL``) the script fills the replay buffer with random transitions from the real environment,
+runs a burn-in (excluded, so one-off costs such as compilation are not timed), then times ``--steps`` iterations
+of the trainer's per-step work: act, env.step, store, ``agent.update``. Evaluation is excluded, as in the
+reference figures quoted in the issue (DIME's JAX code: ≈2.5 env steps/s at paper configuration and ≈10 with
+256-wide critics on a 2-core CPU, DMC cartpole-swingup).
+
+    python benchmarks/throughput.py --algos sac dime --configs paper small --steps 100
+    python benchmarks/throughput.py --device cuda --algos dime --task dmc/dog-run --configs paper
+
+Results go to ``results/benchmarks/throughput-<device>.{md,json}`` with hardware and package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dime.agents import ALGORITHMS, load_algorithm
+from dime.provenance import git_state, hardware, package_versions
+from dime.replay import ReplayBuffer
+from dime.tasks import get_task, make_env
+from dime.trainer import resolve_device
+
+#: Narrow networks for the "small" configuration (field names follow each algorithm's config dataclass).
+SMALL: dict[str, dict[str, Any]] = {
+    "sac": {"hidden": (64, 64)},
+    "dime": {"critic_width": 256},
+    "dime-gauss": {"critic_width": 256},
+    "crossq": {"critic_hidden": (256, 256)},
+    "bro": {"critic_width": 128, "actor_width": 64},
+    "bro-fast": {"critic_width": 128, "actor_width": 64},
+    "qsm": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+    "diffusion-ql": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+    "consistency-ac": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+    "dipo": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+    "qvpo": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+    "dacer": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+}
+PREFILL = 1000  # random transitions in the buffer before timing (BRN warm-up is irrelevant for speed)
+
+
+def measure(
+    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, compiled: bool
+) -> dict[str, float]:
+    torch.manual_seed(0)
+    task = get_task(task_name)
+    env = make_env(task, seed=0)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    cls = load_algorithm(algo)
+    config = cls.default_config(task).replace(**overrides, learning_starts=PREFILL)
+    agent = cls(task, obs_dim, act_dim, config, device)
+    if compiled:
+        agent.compile_updates()
+    buffer = ReplayBuffer(obs_dim, act_dim, PREFILL + burn_in + steps + 1, device)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+
+    def env_step(action: np.ndarray) -> None:
+        nonlocal obs
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+
+    for _ in range(PREFILL):
+        env_step(rng.uniform(-1, 1, act_dim).astype(np.float32))
+
+    def learning_step(step: int) -> None:
+        with torch.no_grad():
+            action = agent.act(torch.as_tensor(obs, device=device).unsqueeze(0), deterministic=False)
+        env_step(action[0].cpu().numpy())
+        agent.update(buffer, PREFILL + step)
+
+    for step in range(burn_in):
+        learning_step(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    updates_before = getattr(agent, "gradient_steps", None)
+    start = time.perf_counter()
+    for step in range(burn_in, burn_in + steps):
+        learning_step(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    gradient_steps = (agent.gradient_steps - updates_before) if updates_before is not None else float("nan")
+    return {"env_steps_per_s": steps / seconds, "updates_per_s": gradient_steps / seconds, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    parser.add_argument("--task", default="dmc/cartpole-swingup")
+    parser.add_argument("--configs", nargs="+", default=["paper", "small"], choices=["paper", "small"])
+    parser.add_argument("--compile", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    parser.add_argument("--steps", type=int, default=100, help="timed learning steps per measurement")
+    parser.add_argument("--burn-in", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    rows = []
+    for algo in args.algos:
+        for config_name in args.configs:
+            overrides = SMALL[algo] if config_name == "small" else {}
+            for mode in args.compile:
+                result = measure(algo, args.task, overrides, args.steps, args.burn_in, device, mode == "compiled")
+                rows.append({"algo": algo, "config": config_name, "mode": mode, **result})
+                print(
+                    f"{algo:15s} {config_name:6s} {mode:8s} {result['env_steps_per_s']:9.2f} env steps/s "
+                    f"{result['updates_per_s']:9.2f} updates/s",
+                    flush=True,
+                )
+    write_report(rows, args, device)
+
+
+def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device) -> None:
+    commit, dirty = git_state()
+    meta = {
+        "task": args.task,
+        "steps": args.steps,
+        "burn_in": args.burn_in,
+        "hardware": hardware(device),
+        "versions": package_versions(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "command": "python benchmarks/throughput.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "out"
+        ),
+    }
+    eager = {(r["algo"], r["config"]): r["env_steps_per_s"] for r in rows if r["mode"] == "eager"}
+    lines = [
+        f"# Throughput on {meta['hardware'].get('gpu', meta['hardware']['cpu'])} ({device})",
+        "",
+        f"Task `{args.task}`, learning phase, evaluation excluded, {args.steps} timed steps after {args.burn_in} "
+        f"burn-in steps. Command: `{meta['command']}`. Commit {commit}{' (dirty)' if dirty else ''}.",
+        "",
+        "| algorithm | config | mode | env steps/s | updates/s | × eager |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r["env_steps_per_s"] / eager[(r["algo"], r["config"])] if (r["algo"], r["config"]) in eager else None
+        lines.append(
+            f"| {r['algo']} | {r['config']} | {r['mode']} | {r['env_steps_per_s']:.2f} | {r['updates_per_s']:.2f} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"throughput-{device.type}"
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {stem.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
