@@ -32,6 +32,7 @@ Deviations from the official code (``adityab/CrossQ`` a318a266) and why:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,7 @@ class CrossQActor(nn.Module):
         brn = {"momentum": config.brn_momentum, "warmup_steps": config.brn_warmup_steps}
         widths = [obs_dim, *config.actor_hidden]
         self.input_norm = BatchRenorm(obs_dim, **brn)
-        self.layers = nn.ModuleList(flax_linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.layers = nn.ModuleList(flax_linear(a, b) for a, b in itertools.pairwise(widths))
         self.norms = nn.ModuleList(BatchRenorm(b, **brn) for b in widths[1:])
         # μ and log σ are two flax Dense heads of the same fan-in; one (h, 2A) layer has the same init law.
         self.head = flax_linear(widths[-1], 2 * act_dim)
@@ -100,9 +101,7 @@ class CrossQCritic(nn.Module):
         widths = [obs_dim + act_dim, *config.critic_hidden]
         self.ensemble_size = e
         self.input_norm = BatchRenorm(widths[0], **brn)
-        self.layers = nn.ModuleList(
-            EnsembleLinear(e, a, b, init=flax_linear) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
+        self.layers = nn.ModuleList(EnsembleLinear(e, a, b, init=flax_linear) for a, b in itertools.pairwise(widths))
         self.norms = nn.ModuleList(BatchRenorm(b, **brn) for b in widths[1:])
         self.head = EnsembleLinear(e, widths[-1], 1, init=flax_linear)
 
@@ -126,9 +125,12 @@ class CrossQ(Agent):
         self.log_alpha = torch.tensor(float(c.init_alpha), device=device).log().requires_grad_(True)
         self.target_entropy = -float(act_dim) if c.target_entropy is None else c.target_entropy
         betas = (c.adam_b1, 0.999)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr, betas=betas)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr, betas=betas)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, betas=(c.alpha_adam_b1, 0.999))
+        # Fused Adam: one kernel per parameter group (on CPU too), several times faster than the per-tensor loop.
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr, betas=betas, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr, betas=betas, fused=True)
+        self.alpha_optimizer = torch.optim.Adam(
+            [self.log_alpha], lr=c.alpha_lr, betas=(c.alpha_adam_b1, 0.999), fused=True
+        )
         self._actor_step_inputs = [*self.actor.parameters(), self.log_alpha]
         self.gradient_steps = 0  # critic updates so far; host-side, it drives the policy delay
         zero = torch.zeros((), device=device)
@@ -142,7 +144,9 @@ class CrossQ(Agent):
 
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         mean, log_std = self.actor(obs, training=False)
-        return torch.tanh(mean) if deterministic else tanh_gaussian_sample(mean, log_std)[0]
+        if deterministic:
+            return torch.tanh(mean)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))  # no log-density needed to act
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
         c = self.config

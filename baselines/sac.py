@@ -24,17 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.common import tanh_gaussian_sample
 from dime.agents import Agent, AgentConfig
 from dime.nn import EnsembleLinear, mlp, polyak_update
 from dime.replay import ReplayBuffer
 from dime.tasks import TaskSpec
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def tanh_log_det_jacobian(pre_tanh: torch.Tensor) -> torch.Tensor:
-    """Σ_d log(1 − tanh²(u_d)) in the overflow-free form 2·(log 2 − u − softplus(−2u))."""
-    return (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
 
 
 class TanhGaussianActor(nn.Module):
@@ -53,11 +47,7 @@ class TanhGaussianActor(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised action and its log-density log π(a|s) (Gaussian log-density minus tanh Jacobian)."""
-        mean, log_std = self(obs)
-        noise = torch.randn_like(mean)
-        pre_tanh = mean + log_std.exp() * noise
-        gaussian = (-0.5 * noise.pow(2) - log_std - _LOG_SQRT_2PI).sum(-1)
-        return torch.tanh(pre_tanh), gaussian - tanh_log_det_jacobian(pre_tanh)
+        return tanh_gaussian_sample(*self(obs))
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])

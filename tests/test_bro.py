@@ -12,9 +12,9 @@ from torch import nn
 from baselines.bro import (
     BRO,
     BRO_RESET_STEPS,
-    BroNet,
     BROConfig,
     BROFast,
+    BroNet,
     gaussian_kl,
     quantile_huber_loss,
     quantile_midpoints,
@@ -26,6 +26,15 @@ from dime.tasks import get_task
 
 OBS_DIM, ACT_DIM = 3, 2
 TASK = get_task("gym/Pendulum-v1")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny ops: on a shared 2-core machine a second intra-op thread costs ~10x the CPU time (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_config(**overrides: object) -> BROConfig:
@@ -176,7 +185,11 @@ def test_reset_schedule_resets_everything_at_the_scheduled_steps_and_keeps_the_b
     agent = make_agent(reset_steps=(3, 5))
     initial = copy.deepcopy(agent.nets.state_dict())
     buffer = random_buffer()
-    stored = {k: v.clone() for k, v in buffer.state_dict().items() if k in ("obs", "next_obs", "actions", "rewards", "terminated")}
+    stored = {
+        k: v.clone()
+        for k, v in buffer.state_dict().items()
+        if k in ("obs", "next_obs", "actions", "rewards", "terminated")
+    }
     for step in (1, 2, 3):
         agent.update(buffer, step)
     assert optimizer_steps(agent) == [6] * 4  # UTD 2 × 3 env steps, every optimiser
@@ -238,7 +251,10 @@ def test_dual_updates_move_the_right_way(shift: float, kl_above_target: bool) ->
     optimism, kl_weight = float(agent.nets.duals.optimism().detach()), float(agent.nets.duals.kl_weight().detach())
     metrics = agent.update(random_buffer(), env_step=1)
     assert (float(metrics["kl_per_dim"]) > 0.05) is kl_above_target
-    new_optimism, new_kl_weight = float(agent.nets.duals.optimism().detach()), float(agent.nets.duals.kl_weight().detach())
+    new_optimism, new_kl_weight = (
+        float(agent.nets.duals.optimism().detach()),
+        float(agent.nets.duals.kl_weight().detach()),
+    )
     if kl_above_target:  # too far from the main policy: weigh the KL more, be less optimistic
         assert new_kl_weight > kl_weight and new_optimism < optimism
     else:
@@ -261,7 +277,11 @@ def test_presets_share_one_class() -> None:
     assert load_algorithm("bro") is BRO and load_algorithm("bro-fast") is BROFast and issubclass(BROFast, BRO)
     assert BROFast.update is BRO.update and BROFast.__init__ is BRO.__init__
     assert (bro.utd, fast.utd) == (10, 2)
-    assert bro.reset_steps == BRO_RESET_STEPS == (15_000, 50_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000)
+    assert (
+        bro.reset_steps
+        == BRO_RESET_STEPS
+        == (15_000, 50_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000)
+    )
     assert fast.reset_steps == (15_000,)
     assert (bro.batch_size, bro.learning_starts, bro.critic_width, bro.critic_depth) == (128, 2500, 512, 2)
     assert (bro.actor_width, bro.actor_depth, bro.n_quantiles, bro.pessimism, bro.tau) == (256, 1, 100, 0.0, 0.005)
