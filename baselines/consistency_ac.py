@@ -112,7 +112,7 @@ class ConsistencyAC(Agent):
         "critic_target",
         "actor_optimizer",
         "critic_optimizer",
-        "updates",
+        "gradient_steps",
         "env_step",
     )
 
@@ -125,7 +125,7 @@ class ConsistencyAC(Agent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.updates = 0
+        self.gradient_steps = 0
         self.env_step = 0  # last env step seen by ``update``; drives the ε schedule of ``act``
 
     @classmethod
@@ -168,10 +168,10 @@ class ConsistencyAC(Agent):
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
         self.actor_optimizer.step()
 
-        if self.updates % c.ema_every == 0 and self.updates >= c.ema_start:
+        if self.gradient_steps % c.ema_every == 0 and self.gradient_steps >= c.ema_start:
             polyak_update(self.actor_ema, self.actor, 1.0 - c.ema_decay)
         polyak_update(self.critic_target, self.critic, c.tau)
-        self.updates += 1
+        self.gradient_steps += 1
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean()}
 
     def state_dict(self) -> dict[str, Any]:

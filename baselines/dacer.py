@@ -31,6 +31,9 @@ Deviations and choices (common protocol):
 * hidden width 512 for the critic and the diffusion net on Humanoid-class tasks (gym Humanoid, DMC humanoid/dog),
   the authors' setting to reproduce Humanoid (issue #9), 256 elsewhere;
 * DMC runs use the same DSAC-T critic (the README suggests swapping in CrossQ for DMC; not done);
+* observed on Pendulum-v1 (64-unit test nets, lr 1e-4 and 1e-3): the sampler's output saturated at ±1 within a
+  few thousand updates and stayed there, since the x̂_0 clip (as in the official sampler) passes no gradient once
+  every step's x̂_0 is outside [−1, 1]; the learning test therefore uses InvertedPendulum, where it learns;
 * time features: the standard sinusoidal embedding instead of DACER's 1/√d-scaled variant (a constant factor
   the following linear layer absorbs); time-limit truncations bootstrap as in the official trainer.
 """
@@ -132,7 +135,7 @@ class DACER(Agent):
         "actor_optimizer",
         "critic_optimizer",
         "alpha_optimizer",
-        "updates",
+        "gradient_steps",
     )
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DACERConfig, device: torch.device):
@@ -149,7 +152,7 @@ class DACER(Agent):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
-        self.updates = 0
+        self.gradient_steps = 0
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DACERConfig:
@@ -215,7 +218,7 @@ class DACER(Agent):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean.mean(), "q_std": self.mean_q_std.mean()}
 
         # the actor's gradient uses the critic before this update's step, as in the original's joint update
-        delayed = self.updates % c.delay_update == 0
+        delayed = self.gradient_steps % c.delay_update == 0
         if delayed:
             self.critic.requires_grad_(False)
             out = self.critic(batch.obs, self.policy_action(batch.obs))
@@ -224,7 +227,7 @@ class DACER(Agent):
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             metrics["actor_loss"] = actor_loss.detach()
-        if self.updates % c.alpha_every == 0:
+        if self.gradient_steps % c.alpha_every == 0:
             self.entropy = self.estimate_entropy(batch.obs)
             alpha_loss = -self.log_alpha * (self.target_entropy - self.entropy)
             self.alpha_optimizer.zero_grad(set_to_none=True)
@@ -234,7 +237,7 @@ class DACER(Agent):
         if delayed:
             self.actor_optimizer.step()
             polyak_update(self.critic_target, self.critic, c.tau)
-        self.updates += 1
+        self.gradient_steps += 1
         metrics["alpha"] = self.log_alpha.detach().exp()
         metrics["entropy"] = self.entropy
         return metrics

@@ -20,6 +20,10 @@ Choices for the online setting (the method and its code are offline, D4RL-only):
   the D4RL table, 1–10, is keyed by dataset names that do not exist online); no max-Q backup (AntMaze-only);
   learning_starts 10k; evaluation 10 episodes (the official ``eval_episodes``);
 * time-limit truncations bootstrap (the D4RL code uses ``not_done`` from the dataset's terminals).
+
+Observed online (64-unit test nets): on Pendulum-v1 the policy barely improved in 8k steps (about -1000), its
+samples staying near the buffer's action distribution, since |∇L_q| = |∇ₐQ|/|Q̄| is small next to the BC
+gradient; on InvertedPendulum it learns (the learning test).
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class DiffusionQL(Agent):
         "critic_target",
         "actor_optimizer",
         "critic_optimizer",
-        "updates",
+        "gradient_steps",
     )
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DiffusionQLConfig, device: torch.device):
@@ -109,7 +113,7 @@ class DiffusionQL(Agent):
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.updates = 0
+        self.gradient_steps = 0
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DiffusionQLConfig:
@@ -151,10 +155,10 @@ class DiffusionQL(Agent):
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
         self.actor_optimizer.step()
 
-        if self.updates % c.ema_every == 0 and self.updates >= c.ema_start:
+        if self.gradient_steps % c.ema_every == 0 and self.gradient_steps >= c.ema_start:
             polyak_update(self.actor_ema, self.actor, 1.0 - c.ema_decay)
         polyak_update(self.critic_target, self.critic, c.tau)
-        self.updates += 1
+        self.gradient_steps += 1
         return {
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),

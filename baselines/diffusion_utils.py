@@ -16,6 +16,7 @@ Only what at least two of those methods use lives here (``baselines.md`` §5–�
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -225,7 +226,7 @@ class TwinCritic(nn.Module):
     ):
         super().__init__()
         widths = [obs_dim + act_dim, *hidden, out_features]
-        self.layers = nn.ModuleList(EnsembleLinear(2, a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(EnsembleLinear(2, a, b) for a, b in itertools.pairwise(widths))
         self.activation = activation
         self.out_features = out_features
 

@@ -116,7 +116,7 @@ class DIPO(Agent):
         "critic_target",
         "actor_optimizer",
         "critic_optimizer",
-        "updates",
+        "gradient_steps",
         "synced_position",
     )
 
@@ -134,7 +134,7 @@ class DIPO(Agent):
         self.synced_position = -1  # replay-buffer write position at the last sync; -1: never synced
         self.memory_rows = 0  # filled rows (the replay buffer's size at the last sync)
         self.memory_capacity = 0  # capacity of the replay buffer the memory is aligned with
-        self.updates = 0
+        self.gradient_steps = 0
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DIPOConfig:
@@ -222,7 +222,7 @@ class DIPO(Agent):
 
         polyak_update(self.critic_target, self.critic, c.tau)
         polyak_update(self.actor_target, self.actor, c.tau)
-        self.updates += 1
+        self.gradient_steps += 1
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean()}
 
     def state_dict(self) -> dict[str, Any]:

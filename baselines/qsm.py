@@ -72,7 +72,7 @@ class QSMConfig(AgentConfig):
 class QSM(Agent):
     Config = QSMConfig
     config: QSMConfig
-    _STATE = ("actor", "critic", "critic_target", "actor_optimizer", "critic_optimizer", "updates")
+    _STATE = ("actor", "critic", "critic_target", "actor_optimizer", "critic_optimizer", "gradient_steps")
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: QSMConfig, device: torch.device):
         super().__init__(task, obs_dim, act_dim, config, device)
@@ -85,7 +85,7 @@ class QSM(Agent):
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.updates = 0
+        self.gradient_steps = 0
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> QSMConfig:
@@ -94,9 +94,7 @@ class QSM(Agent):
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """The DDPM policy sample (QSM's sampler: ε-form mean, σ_t² = β_t, per-step clipping)."""
-        return self.schedule.sample(
-            self.actor, obs, self.act_dim, clip_x0=False, clip_sample=True, variance="beta"
-        )
+        return self.schedule.sample(self.actor, obs, self.act_dim, clip_x0=False, clip_sample=True, variance="beta")
 
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         actions = self.sample(obs)
@@ -131,7 +129,7 @@ class QSM(Agent):
         self.critic_optimizer.step()
 
         if c.actor_lr_decay_steps > 0:
-            progress = min(self.updates, c.actor_lr_decay_steps) / c.actor_lr_decay_steps
+            progress = min(self.gradient_steps, c.actor_lr_decay_steps) / c.actor_lr_decay_steps
             for group in self.actor_optimizer.param_groups:
                 group["lr"] = c.actor_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
         actor_loss = self.actor_loss(batch.obs, batch.actions)
@@ -139,7 +137,7 @@ class QSM(Agent):
         actor_loss.backward()
         self.actor_optimizer.step()
         polyak_update(self.critic_target, self.critic, c.tau)
-        self.updates += 1
+        self.gradient_steps += 1
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ class QVPO(Agent):
         "critic_target",
         "actor_optimizer",
         "critic_optimizer",
-        "updates",
+        "gradient_steps",
     )
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: QVPOConfig, device: torch.device):
@@ -93,7 +93,7 @@ class QVPO(Agent):
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
-        self.updates = 0
+        self.gradient_steps = 0
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> QVPOConfig:
@@ -164,7 +164,7 @@ class QVPO(Agent):
 
         polyak_update(self.critic_target, self.critic, c.tau)
         polyak_update(self.actor_target, self.actor, c.tau)
-        self.updates += 1
+        self.gradient_steps += 1
         return {
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),

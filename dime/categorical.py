@@ -25,9 +25,7 @@ def c51_support(v_min: float, v_max: float, num_atoms: int = 101) -> torch.Tenso
     return torch.linspace(v_min, v_max, num_atoms)
 
 
-def project_distribution(
-    probs: torch.Tensor, target_atoms: torch.Tensor, v_min: float, v_max: float
-) -> torch.Tensor:
+def project_distribution(probs: torch.Tensor, target_atoms: torch.Tensor, v_min: float, v_max: float) -> torch.Tensor:
     """Project probabilities ``probs`` (..., B, K) sitting at positions ``target_atoms`` (B, K) onto the support.
 
     With b = (Tz − v_min)/Δz, l = ⌊b⌋, u = ⌈b⌉, mass p_j·(u − b) goes to atom l and p_j·(b − l) to atom u. When

@@ -7,7 +7,7 @@ sum is a per-sample upper-bound estimate of log π(a|s); −(running + terminal)
 
 * :func:`cosine_dt_shape`: the fixed cosine profile of the step sizes (§3.3), scaled by one learned dt;
 * :class:`ScoreNetwork`: f_θ(x, s, k) with Fourier time features and a trainable phase (§3.5);
-* :func:`euler_maruyama_step`: one reparameterised step and the two Gaussian log-densities (§3.4);
+* :func:`kernel_log_densities`: the Gaussian log-densities of both kernels along a sampled path (§3.4);
 * :class:`DiffusionPolicy`: prior → N steps → costs → tanh squashing (§3.6).
 
 Naming: the reference code calls the learned generative kernel "forward" and the fixed noising kernel
@@ -66,54 +66,53 @@ def tanh_log_det(x: torch.Tensor) -> torch.Tensor:
     return (2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x))).sum(-1)
 
 
-def euler_maruyama_step(
-    x: torch.Tensor, score: torch.Tensor, eta: torch.Tensor, prior_var: float, noise: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One EM step of the policy and the log-densities of both kernels (``dime.md`` §3.4).
+def kernel_log_densities(
+    trajectory: torch.Tensor, forward_means: torch.Tensor, eta: torch.Tensor, prior_var: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step log-densities of the generative and the reference kernel along sampled paths (§3.4).
 
-    With η = δ_k·σ² (per dim) and τ = sqrt(2η):
-      generative ("forward"): μF = x + η ⊙ (−x/σ₀² + f_θ),  x' = μF + τ ⊙ ε,  log F = log N(x'; μF, τ²)
-      reference ("backward"): μB = x' + η ⊙ (−x'/σ₀²),                       log B = log N(x;  μB, τ²)
-    The reference kernel has no network and reuses the same η. Gradients flow through x' (reparameterisation),
-    f_θ, η and both log-densities. Returns (x', log F, log B), the densities summed over the action dims.
+    For EM step k, with η_k = δ_k·σ² (per dim) and τ_k = sqrt(2η_k):
+      generative ("forward"): x_{k+1} ~ N(μF_k, τ_k²),  μF_k = x_k + η_k ⊙ (−x_k/σ₀² + f_θ(x_k, s, k))
+      reference ("backward"): x_k ~ N(μB_k, τ_k²),      μB_k = x_{k+1} − η_k ⊙ x_{k+1}/σ₀²   (no network)
+    The reference kernel reuses the generative step's η_k, as in the reference code.
+
+    ``trajectory``: (N+1, B, A) latents x_0..x_N; ``forward_means``: (N, B, A) μF_k; ``eta``: (N, A).
+    Returns (log F, log B), each (N, B), summed over the action dims.
     """
-    tau = torch.sqrt(2.0 * eta)
-    mean_forward = x + eta * (score - x / prior_var)
-    x_next = mean_forward + tau * noise
-    mean_backward = x_next - eta * x_next / prior_var
-    log_forward = gaussian_log_density(x_next, mean_forward, tau)
-    log_backward = gaussian_log_density(x, mean_backward, tau)
-    return x_next, log_forward, log_backward
+    tau = torch.sqrt(2.0 * eta).unsqueeze(1)
+    current, following = trajectory[:-1], trajectory[1:]
+    backward_means = following - eta.unsqueeze(1) * following / prior_var
+    return (
+        gaussian_log_density(following, forward_means, tau),
+        gaussian_log_density(current, backward_means, tau),
+    )
 
 
 def entropy_bound_costs(
-    log_forward: torch.Tensor,
-    log_backward: torch.Tensor,
-    final_latent: torch.Tensor,
-    initial_latent: torch.Tensor,
-    prior_std: float,
+    trajectory: torch.Tensor, forward_means: torch.Tensor, eta: torch.Tensor, prior_std: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DIME entropy bound as per-sample costs (``dime.md`` §0.4, §3.6). Returns (running, terminal), each (B,).
+    """The DIME entropy bound as per-sample costs (``dime.md`` §0.4, §3.6). Returns (running, terminal).
 
-    Entropy lower bound (Gibbs' inequality with the noising path p⃗ as auxiliary distribution):
+    Entropy lower bound (Gibbs' inequality, the noising path p⃗ as auxiliary distribution):
 
         H(π_θ(·|s)) ≥ ℓ_θ(s) = E_{π_θ(a^{0:N}|s)}[ log p⃗(a^{1:N}|a⁰) − log π_θ(a^{0:N}|s) ]
 
-    plus the tanh change of variables. Per sample path x_0 → … → x_N (x_0 the prior draw, a = tanh(x_N)):
+    plus the tanh change of variables. Per sampled path x_0 → … → x_N (x_0 the prior draw, a = tanh(x_N)),
+    with log F_k, log B_k from :func:`kernel_log_densities`:
 
         running  = −( Σ_k [log B_k − log F_k] + Σ_d log(1 − tanh²(x_N,d)) )
         terminal = log p₀(x_0),  p₀ = N(0, σ₀² I)
 
-    running + terminal = log p₀(x_0) + Σ_k log F_k − Σ_k log B_k − log|det J_tanh| is an unbiased estimate of an
-    upper bound on log π(a|s), so −(running + terminal) estimates ℓ_θ(s). It replaces log π in the critic target
-    and the actor loss; α is tuned on the running part only (the terminal part has no θ-dependence).
-
-    ``log_forward``/``log_backward``: (B, N) per-step log-densities from :func:`euler_maruyama_step`.
+    running + terminal = log p₀(x_0) + Σ_k (log F_k − log B_k) − log|det J_tanh(x_N)| is an unbiased
+    estimate of an upper bound on log π(a|s), so −(running + terminal) estimates ℓ_θ(s). It replaces log π in
+    the critic target and the actor loss; α is tuned on the running part only (the terminal part does not
+    depend on θ). Shapes as in :func:`kernel_log_densities`; outputs (B,).
     """
-    log_weight = (log_backward - log_forward).sum(-1)
-    running = -(log_weight + tanh_log_det(final_latent))
-    z = initial_latent / prior_std
-    terminal = (-0.5 * z * z).sum(-1) - initial_latent.shape[-1] * (math.log(prior_std) + _HALF_LOG_2PI)
+    log_forward, log_backward = kernel_log_densities(trajectory, forward_means, eta, prior_std**2)
+    final, initial = trajectory[-1], trajectory[0].detach()  # the prior draw is sampled without gradient
+    running = -((log_backward - log_forward).sum(0) + tanh_log_det(final))
+    z = initial / prior_std
+    terminal = (-0.5 * z * z).sum(-1) - initial.shape[-1] * (math.log(prior_std) + _HALF_LOG_2PI)
     return running, terminal
 
 
@@ -157,8 +156,8 @@ class ScoreNetwork(nn.Module):
         layers.append(output)
         self.trunk = nn.Sequential(*layers)
 
-    def context(self, obs: torch.Tensor, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """First-layer contributions of the observation, (B, H) incl. bias, and of each step's time code, (N, H)."""
+    def context(self, obs: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """First-layer pre-activation without the x part, for every step: (N, B, H), bias included."""
         weight = self.input_layer.weight
         steps = torch.arange(num_steps, dtype=obs.dtype, device=obs.device).unsqueeze(-1)
         angle = steps * self.frequencies + self.phase
@@ -166,11 +165,11 @@ class ScoreNetwork(nn.Module):
         a, o = self.act_dim, self.obs_dim
         obs_part = F.linear(obs, weight[:, a : a + o], self.input_layer.bias)
         time_part = F.linear(time_code, weight[:, a + o :])
-        return obs_part, time_part
+        return obs_part.unsqueeze(0) + time_part.unsqueeze(1)
 
-    def forward(self, x: torch.Tensor, obs_part: torch.Tensor, time_part: torch.Tensor) -> torch.Tensor:
-        """f_θ for latents x (B, A) at one step, given that step's row of :meth:`context`."""
-        h = F.linear(x, self.input_layer.weight[:, : self.act_dim]) + obs_part + time_part
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """f_θ for latents x (B, A) at one step, given that step's (B, H) slice of :meth:`context`."""
+        h = torch.addmm(context, x, self.input_layer.weight[:, : self.act_dim].t())
         return self.trunk(h).clamp(-self.output_clip, self.output_clip)
 
 
@@ -213,20 +212,28 @@ class DiffusionPolicy(nn.Module):
     def forward(self, obs: torch.Tensor) -> PolicySample:
         """Sample a (B, A) batch of actions with fresh noise from the global torch RNG, and its costs.
 
-        Draw order (tests replay it): the prior latent, then one standard normal (B, A) per step.
+        Euler–Maruyama with reparameterised noise: x_{k+1} = x_k + η_k ⊙ (−x_k/σ₀² + f_θ(x_k, s, k)) + τ_k ⊙ ε_k.
+        The prior draw and all ε_k come from one (N+1, B, A) standard-normal draw (row 0 scaled by σ₀).
         """
         prior_var = self.prior_std**2
-        x0 = torch.randn(obs.shape[0], self.act_dim, dtype=obs.dtype, device=obs.device) * self.prior_std
+        noise = torch.randn(self.num_steps + 1, obs.shape[0], self.act_dim, dtype=obs.dtype, device=obs.device)
         eta = self.step_sizes()
-        obs_part, time_part = self.score.context(obs, self.num_steps)
-        x = x0
-        log_forward, log_backward = [], []
-        for k in range(self.num_steps):
-            score = self.score(x, obs_part, time_part[k])
-            x, log_f, log_b = euler_maruyama_step(x, score, eta[k], prior_var, torch.randn_like(x))
-            log_forward.append(log_f)
-            log_backward.append(log_b)
+        # unbind, not indexing: the backward of N index ops would materialise N full-size zero gradients.
+        steps = zip(
+            eta.unbind(0),
+            torch.sqrt(2.0 * eta).unbind(0),
+            self.score.context(obs, self.num_steps).unbind(0),
+            noise[1:].unbind(0),
+            strict=True,
+        )
+        x = noise[0] * self.prior_std
+        trajectory, forward_means = [x], []
+        for eta_k, tau_k, context_k, noise_k in steps:
+            mean = x + eta_k * (self.score(x, context_k) - x / prior_var)
+            x = mean + tau_k * noise_k
+            forward_means.append(mean)
+            trajectory.append(x)
         running, terminal = entropy_bound_costs(
-            torch.stack(log_forward, -1), torch.stack(log_backward, -1), x, x0, self.prior_std
+            torch.stack(trajectory), torch.stack(forward_means), eta, self.prior_std
         )
         return PolicySample(torch.tanh(x), running, terminal)

@@ -22,6 +22,7 @@ stochastic evaluation, α tuned on the running cost only.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,14 +92,23 @@ class DIMEConfig(DIMETrainingConfig):
     schedule_min: float = 0.001
 
 
+def clip_gradients_elementwise_(parameters: Iterable[torch.Tensor], clip: float) -> None:
+    """The reference's actor gradient chain before Adam: optax.zero_nans, then optax.clip (``dime.md`` §5.1).
+
+    NaN entries become 0, then every entry is clamped to [−clip, clip] (±inf become ±clip). Element-wise, not a
+    global-norm clip.
+    """
+    for p in parameters:
+        if p.grad is not None:
+            p.grad.nan_to_num_(nan=0.0).clamp_(-clip, clip)
+
+
 class DIME(Agent):
     """DIME with a diffusion actor; subclasses swap the actor via :meth:`build_actor` (see ``DIMEGauss``)."""
 
     Config = DIMEConfig
 
-    def __init__(
-        self, task: TaskSpec, obs_dim: int, act_dim: int, config: DIMETrainingConfig, device: torch.device
-    ):
+    def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DIMETrainingConfig, device: torch.device):
         super().__init__(task, obs_dim, act_dim, config, device)
         self._check_config(config)
         self.actor = self.build_actor().to(device)
@@ -112,9 +122,10 @@ class DIME(Agent):
             brn_warmup_steps=config.brn_warmup_steps,
             brn_momentum=config.brn_momentum,
         ).to(device)
-        betas = (config.adam_beta1, config.adam_beta2)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr_actor, betas=betas)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, betas=betas)
+        # foreach: one multi-tensor kernel per Adam op instead of one per parameter (CPU defaults to the loop).
+        adam = {"betas": (config.adam_beta1, config.adam_beta2), "foreach": True}
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr_actor, **adam)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, **adam)
         self.auto_alpha = config.alpha is None
         initial_alpha = config.init_alpha if config.alpha is None else config.alpha
         self.log_alpha = torch.tensor(math.log(initial_alpha), device=device, requires_grad=self.auto_alpha)
@@ -166,6 +177,12 @@ class DIME(Agent):
         return self.actor(obs).actions
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """``utd`` critic updates on consecutive slices of one replay draw, each followed by an actor and a
+        temperature update when its global index g satisfies (g + 1) % policy_delay == 0.
+
+        Metrics: the last critic update's loss and min-over-critics Q, the latest actor update's loss and costs
+        (kept across calls without an actor update; the reference logs 0 there), and α after this call.
+        """
         c = self.config
         rows = buffer.sample(c.utd * c.batch_size)
         metrics: dict[str, torch.Tensor] = {}
@@ -212,10 +229,7 @@ class DIME(Agent):
         loss = (alpha * (sample.running_cost + sample.terminal_cost) - q_mean).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = self.config.actor_grad_clip
-        for p in self.actor.parameters():
-            if p.grad is not None:
-                p.grad.nan_to_num_(nan=0.0).clamp_(-clip, clip)
+        clip_gradients_elementwise_(self.actor.parameters(), self.config.actor_grad_clip)
         self.actor_optimizer.step()
         running = sample.running_cost.detach().mean()
         if self.alpha_optimizer is not None:

@@ -41,9 +41,7 @@ class DIMEGaussConfig(DIMETrainingConfig):
 class TanhGaussianActor(nn.Module):
     """a = tanh(u), u ~ N(μ(s), σ(s)²); running cost = log π(a|s) = log N(u) − Σ_d log(1 − tanh²u_d)."""
 
-    def __init__(
-        self, obs_dim: int, act_dim: int, width: int, layers: int, log_std_min: float, log_std_max: float
-    ):
+    def __init__(self, obs_dim: int, act_dim: int, width: int, layers: int, log_std_min: float, log_std_max: float):
         super().__init__()
         self.net = mlp(obs_dim, [width] * layers, 2 * act_dim, nn.ReLU, flax_linear)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max

@@ -122,10 +122,8 @@ def test_ddpm_reverse_sampler_matches_hand_written_chain():
         prev = abar[i - 1] if i > 0 else torch.tensor(1.0)
         x0 = ((x - (1 - abar[i]).sqrt() * eps_fn(x, torch.full((5,), float(i)), obs)) / abar[i].sqrt()).clamp(-1, 1)
         mean = (prev.sqrt() * betas[i] * x0 + (1 - betas[i]).sqrt() * (1 - prev) * x) / (1 - abar[i])
-        if i > 0:
-            x = mean + ratio * (betas[i] * (1 - prev) / (1 - abar[i])).sqrt() * torch.randn(5, ACT_DIM)
-        else:
-            x = mean
+        std = (betas[i] * (1 - prev) / (1 - abar[i])).sqrt()
+        x = mean + ratio * std * torch.randn(5, ACT_DIM) if i > 0 else mean
     torch.testing.assert_close(got, x.clamp(-1, 1), rtol=1e-5, atol=1e-6)
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,9 @@ import yaml
 
 WORKFLOW_DIR = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "study.schema.yaml"
+CONFIG_SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 SUITES = ("dmc", "gym", "myo")
-SUITE_TITLES = {"dmc": "DeepMind Control", "gym": "Gym MuJoCo", "myo": "MyoSuite"}
+SUITE_TITLES = {"dmc": "DeepMind Control", "gym": "Gym", "myo": "MyoSuite"}
 
 
 class StudyError(ValueError):
@@ -137,11 +140,11 @@ def _fill_defaults(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> 
     return value
 
 
-def validate_schema(data: Any, source: str) -> dict[str, Any]:
-    """JSON-schema check; the most relevant violation becomes one line naming its key."""
+def validate_schema(data: Any, source: str, schema_path: Path = SCHEMA_PATH, what: str = "study") -> dict[str, Any]:
+    """JSON-schema check with defaults filled in; the most relevant violation becomes one line naming its key."""
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = yaml.safe_load(schema_path.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
@@ -150,7 +153,7 @@ def validate_schema(data: Any, source: str) -> dict[str, Any]:
         if len(message) > 200:
             message = message[:197] + "..."
         place = f"key '{where}'" if where else "top level"
-        raise StudyError(f"invalid study {source}: {place}: {message}")
+        raise StudyError(f"invalid {what} {source}: {place}: {message}")
     return _fill_defaults(data, schema, schema)
 
 
@@ -229,6 +232,22 @@ def load_study(
 
 
 def _check_registry(data: dict[str, Any], source: str, normalisation: dict[str, Any] | None) -> None:
+    # Importing dm_control (via the task registry) makes absl call logging.basicConfig, which would duplicate every
+    # line Snakemake logs; keep the root logger as it was.
+    # Without a display, dm_control's automatic OpenGL probe also prints a GLFW warning; the check renders nothing.
+    root_handlers = list(logging.getLogger().handlers)
+    set_gl = "MUJOCO_GL" not in os.environ
+    if set_gl:
+        os.environ["MUJOCO_GL"] = "disable"
+    try:
+        _check_names(data, source, normalisation)
+    finally:
+        logging.getLogger().handlers[:] = root_handlers
+        if set_gl:
+            os.environ.pop("MUJOCO_GL", None)
+
+
+def _check_names(data: dict[str, Any], source: str, normalisation: dict[str, Any] | None) -> None:
     from dime.agents import ALGORITHMS
     from dime.tasks import UnknownTaskError, get_task
 
