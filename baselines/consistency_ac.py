@@ -90,7 +90,7 @@ class ConsistencyPolicy(nn.Module):
         shifted = sigma - self.sigma_min
         c_skip = self.sigma_data**2 / (shifted**2 + self.sigma_data**2)
         c_out = self.sigma_data * shifted / math.sqrt(sigma**2 + self.sigma_data**2)
-        return c_skip * x + c_out * self.net(x, torch.full((x.shape[0],), sigma, device=x.device), obs)
+        return c_skip * x + c_out * self.net(x, torch.full((1,), sigma, device=x.device), obs)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         sigmas = self.sigmas[::-1]

@@ -28,7 +28,7 @@ from torch import nn
 from dime.nn import EnsembleLinear
 from dime.tasks import TaskSpec
 
-#: ε-network signature used by the samplers: (x_t (N, A), t (N,) float, obs (N, O)) -> (N, A).
+#: ε-network signature used by the samplers: (x_t (N, A), t (N,) or (1,) float, obs (N, O)) -> (N, A).
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -134,7 +134,7 @@ class DiffusionSchedule(nn.Module):
         x = torch.randn(obs.shape[0], act_dim, device=obs.device)
         std = self.posterior_std if variance == "posterior" else self.beta_std
         for i in reversed(range(self.num_steps)):
-            t = torch.full((obs.shape[0],), float(i), device=obs.device)
+            t = torch.full((1,), float(i), device=obs.device)  # one step for all rows: time features once
             eps = eps_fn(x, t, obs)
             if clip_x0:
                 x0 = (self.sqrt_recip_abar[i] * x - self.sqrt_recipm1_abar[i] * eps).clamp(-1.0, 1.0)
@@ -207,7 +207,8 @@ class EpsilonMLP(nn.Module):
         self.trunk = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        return self.trunk(torch.cat([x, self.time_mlp(t), obs], dim=-1))
+        """``t`` is (N,) or (1,); a (1,) time is embedded once and broadcast to the N rows."""
+        return self.trunk(torch.cat([x, self.time_mlp(t).expand(x.shape[0], -1), obs], dim=-1))
 
 
 # ------------------------------------------------------------------------------------------- critics

@@ -109,7 +109,7 @@ def test_ddpm_reverse_sampler_matches_hand_written_chain():
     weight = torch.randn(ACT_DIM + 1 + OBS_DIM, ACT_DIM)
 
     def eps_fn(x, t, obs):
-        return torch.cat([x, t.unsqueeze(-1) / steps, obs], -1) @ weight
+        return torch.cat([x, t.expand(x.shape[0]).unsqueeze(-1) / steps, obs], -1) @ weight
 
     obs = torch.randn(5, OBS_DIM)
     torch.manual_seed(3)

@@ -95,9 +95,9 @@ def test_trains_on_each_suite(algo, task_name):
 
 # Test configs: 64-unit networks, batch 128, 1000 uniform warm-up steps and lr 1e-3 for actor and critic (the
 # methods' 1e-4..3e-4 need more env steps than a CI budget has); fewer diffusion steps (DIPO 5 instead of 100,
-# QVPO 5 instead of 20, DACER 5 instead of 20), QVPO 16 instead of 64 training candidates, DIPO 10 instead of 20
-# action-gradient steps; the EMA target actor of Diffusion-QL / Consistency-AC tracks from update 0 (1000 in
-# their code) and Consistency-AC's ε decays over 3000 steps.
+# QVPO 5 instead of 20, DACER 5 instead of 20), QVPO 16 instead of 64 training candidates and batch 64, DIPO 10
+# instead of 20 action-gradient steps; the EMA target actor of Diffusion-QL / Consistency-AC tracks from update 0
+# (1000 in their code) and Consistency-AC's ε decays over 3000 steps.
 # Diffusion-QL and DACER are tested on InvertedPendulum (random ≈ 5): on Pendulum their policies did not improve
 # within 8k steps (Diffusion-QL's BC term dominates its normalised Q term online; DACER's sampler saturated at
 # ±1, where the x̂_0 clip stops all actor gradient), see the module docstrings.
@@ -116,7 +116,7 @@ LEARNING = {
         "gym/Pendulum-v1",
         7000,
         -400.0,
-        {**_NETS, "time_hidden": 64, "diffusion_steps": 5, "train_samples": 16},
+        {**_NETS, "time_hidden": 64, "diffusion_steps": 5, "train_samples": 16, "batch_size": 64},
     ),
     "diffusion-ql": ("gym/InvertedPendulum-v4", 5000, 50.0, {**_NETS, "ema_start": 0}),
     "dacer": (

@@ -6,7 +6,7 @@ The learning config is the reference's (UTD 2, policy delay 3, auto-tuned α fro
 narrow networks (critic 128, score network 64), 8 instead of 16 diffusion steps, minibatches of 128 and a
 1000-step random warm-up, so that it fits a CI budget on two CPU cores. One-off runs of this config (3 stochastic
 eval episodes): seeds 0 and 1 score -119 and -119 at 6000 steps (-622 and -193 at 5000); with the entropy bound's
-sign flipped seed 0 ends at FLIP, with a fixed α = 10 at BIGALPHA.
+sign flipped seed 0 ends at -1378 (Q pinned at v_max, actions saturated), with a fixed α = 10 at -1025.
 """
 
 from __future__ import annotations
