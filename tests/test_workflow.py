@@ -287,7 +287,7 @@ class ToyAgent(Agent):
 
 
 def test_extension_adds_a_toy_algorithm_through_the_documented_path(smoke, tmp_path):
-    """docs/extending.md: one Agent file (as module:Class) + one entry under `algorithms` + one label in an
+    """README "Adding a baseline": one Agent file (as module:Class) + one entry under `algorithms` + one label in an
     experiment. The new label gets training jobs, shows up in every table, and nothing else is retrained."""
     work = tmp_path / "repo"
     shutil.copytree(smoke, work, symlinks=True)
