@@ -172,10 +172,10 @@ def manifest(study: studylib.Study, status: pd.DataFrame, runs_dir: Path, args: 
     ok = status[status["status"] == "ok"]
     return {
         "study": study.name,
-        "study_file": str(study.path),
+        "study_file": studylib.display_path(study.path),
         "study_sha256": hashlib.sha256(study.path.read_bytes()).hexdigest(),
         "study_resolved": study.data,
-        "normalisation_file": args.normalisation,
+        "normalisation_file": studylib.display_path(args.normalisation),
         "normalisation_sha256": hashlib.sha256(Path(args.normalisation).read_bytes()).hexdigest(),
         "collected_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "workflow_git_commit": _git(root, "rev-parse", "HEAD"),

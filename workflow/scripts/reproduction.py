@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -224,16 +225,19 @@ def overlay_plot(prefix: Path, study: studylib.Study, curves: dict[str, Any], me
     prefix.parent.mkdir(parents=True, exist_ok=True)
     color = label_colors(study.labels)[study.focus]
     tasks = list(curves)
-    cols = max(1, min(4, len(tasks)))
-    rows = max(1, -(-len(tasks) // cols))
+    if not tasks:
+        # Nothing to overlay: a figure that carries the reason, so the report and the README still say why.
+        fig = plt.figure(figsize=(8, 2.2))
+        fig.text(0.5, 0.5, textwrap.fill(message or "nothing to compare", 90), ha="center", va="center", fontsize=10)
+        fig.savefig(f"{prefix}.png", dpi=150, bbox_inches="tight")
+        fig.savefig(f"{prefix}.pdf", bbox_inches="tight")
+        plt.close(fig)
+        return
+    cols = min(4, len(tasks))
+    rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat[len(tasks) :]:
         ax.axis("off")
-    if not tasks:
-        axes[0, 0].axis("on")
-        axes[0, 0].text(0.5, 0.5, message or "nothing to compare", ha="center", va="center", wrap=True, fontsize=9)
-        axes[0, 0].set_xticks([])
-        axes[0, 0].set_yticks([])
     for ax, task in zip(axes.flat, tasks, strict=False):
         data = curves[task]
         steps, point, lo, hi = data["ours"]
@@ -296,7 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"reproduction check: {error}")
     notes = []
     if not curves:
-        notes.append(f"No task of the {study.name} study where {study.focus} finished has a released curve.")
+        notes.append(
+            f"No task of the {study.name} study where {study.focus} finished has a released curve "
+            "(the tasks that have one are listed in config/reference.yaml)."
+        )
     shown, machine = table_frames(rows)
     write_tables(Path(args.table), caption, shown, machine, notes)
     overlay_plot(Path(args.plot), study, curves, notes[0] if notes else None)

@@ -100,6 +100,13 @@ class Study:
         return self.runs[(label, task, int(seed))]
 
 
+def display_path(path: str | Path) -> str:
+    """A path as results should show it: relative to the repository when inside it (no machine-specific prefix)."""
+    resolved = Path(path).resolve()
+    root = WORKFLOW_DIR.parent
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+
+
 def suite_of(task: str) -> str:
     return task.split("/", 1)[0]
 

@@ -27,7 +27,7 @@ def index(study: studylib.Study, results: Path, manifest: dict) -> str:
         "",
         study.data.get("description", "").strip(),
         "",
-        f"Produced by `snakemake --cores all --config study={study.name}` from `{study.path}`"
+        f"Produced by `snakemake --cores all --config study={study.name}` from `{studylib.display_path(study.path)}`"
         f" (workflow commit `{manifest['workflow_git_commit']}`"
         f"{', uncommitted changes' if manifest['workflow_git_dirty'] else ''}). "
         f"Runs: {manifest['runs_ok']} finished of {manifest['runs_expected']} expected"
