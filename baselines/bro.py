@@ -290,6 +290,7 @@ def _clear_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
 class BRO(Agent):
     Config = BROConfig
+    compiled_methods = ("act", "_gradient_step")
     config: BROConfig
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: BROConfig, device: torch.device):
@@ -357,6 +358,7 @@ class BRO(Agent):
 
     # ------------------------------------------------------------- training
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule: a scheduled reset if one is due, then ``utd`` gradient steps on slices of one draw."""
         self.reset_if_scheduled(env_step)
         c = self.config
         b = c.batch_size
@@ -382,6 +384,7 @@ class BRO(Agent):
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
+        """One step of critic, actor, optimistic actor and duals (the compiled step function of :meth:`update`)."""
         c, n = self.config, self.nets
         alpha = n.duals.alpha().detach()
 

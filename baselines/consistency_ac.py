@@ -47,7 +47,7 @@ from baselines.diffusion_ql import normalised_q_loss, softmax_q_select
 from baselines.diffusion_utils import EpsilonMLP, TwinCritic, agent_state, load_agent_state, twin_mse
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 
@@ -104,6 +104,7 @@ class ConsistencyPolicy(nn.Module):
 
 class ConsistencyAC(Agent):
     Config = ConsistencyACConfig
+    compiled_methods = ("act", "_critic_step", "_actor_step", "_ema_step")
     config: ConsistencyACConfig
     _STATE = (
         "actor",
@@ -123,14 +124,26 @@ class ConsistencyAC(Agent):
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, fused=True)
         self.gradient_steps = 0
+        self._epsilon = torch.tensor(c.epsilon_start, device=device)
         self.env_step = 0  # last env step seen by ``update``; drives the ε schedule of ``act``
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> ConsistencyACConfig:
         return ConsistencyACConfig()
+
+    @property
+    def env_step(self) -> int:
+        return self._env_step
+
+    @env_step.setter
+    def env_step(self, value: int) -> None:
+        """Also refills the device scalar ε that ``act`` reads: a Python float read by the compiled ``act`` would
+        be a constant of its graph, recompiled at every new value."""
+        self._env_step = value
+        self._epsilon.fill_(self.epsilon())
 
     def epsilon(self) -> float:
         c = self.config
@@ -141,13 +154,26 @@ class ConsistencyAC(Agent):
         actions = softmax_q_select(self.actor, self.critic_target, obs, self.act_dim, self.config.num_candidates)
         if deterministic:
             return actions
-        explore = torch.rand(obs.shape[0], 1, device=obs.device) < self.epsilon()
+        explore = torch.rand(obs.shape[0], 1, device=obs.device) < self._epsilon
         return torch.where(explore, torch.rand_like(actions) * 2.0 - 1.0, actions)
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule: a critic step, an actor step, and every ``ema_every`` updates from ``ema_start`` on, the
+        EMA actor's step; also moves ``act``'s ε to this env step's value (see :attr:`env_step`)."""
         c = self.config
         self.env_step = env_step
         batch = buffer.sample(c.batch_size)
+        metrics = self._critic_step(batch)
+        metrics.update(self._actor_step(batch.obs))
+        if self.gradient_steps % c.ema_every == 0 and self.gradient_steps >= c.ema_start:
+            self._ema_step()
+        self.gradient_steps += 1
+        return metrics
+
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step of the twin critics towards min_j Q̄_j at an EMA-actor sample, then their Polyak step (the
+        actor loss reads the online critics only, so this is the reference's order in effect)."""
+        c = self.config
         with torch.no_grad():
             next_q = self.critic_target(batch.next_obs, self.actor_ema(batch.next_obs)).min(0).values
             target = batch.rewards + c.gamma * (1.0 - batch.terminated) * next_q
@@ -158,21 +184,23 @@ class ConsistencyAC(Agent):
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_norm)
         self.critic_optimizer.step()
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
+    def _actor_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
         self.critic.requires_grad_(False)
-        actor_loss = normalised_q_loss(self.critic(batch.obs, self.actor(batch.obs)))
+        actor_loss = normalised_q_loss(self.critic(obs, self.actor(obs)))
         self.critic.requires_grad_(True)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
         self.actor_optimizer.step()
+        return {"actor_loss": actor_loss.detach()}
 
-        if self.gradient_steps % c.ema_every == 0 and self.gradient_steps >= c.ema_start:
-            polyak_update(self.actor_ema, self.actor, 1.0 - c.ema_decay)
-        polyak_update(self.critic_target, self.critic, c.tau)
-        self.gradient_steps += 1
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean()}
+    def _ema_step(self) -> None:
+        polyak_update(self.actor_ema, self.actor, 1.0 - self.config.ema_decay)
 
     def state_dict(self) -> dict[str, Any]:
         return agent_state(self, self._STATE)

@@ -59,7 +59,7 @@ from baselines.diffusion_utils import (
 )
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -124,6 +124,14 @@ def gmm_entropy(samples: torch.Tensor, components: int, iterations: int, reg: fl
 
 class DACER(Agent):
     Config = DACERConfig
+    compiled_methods = (
+        "act",
+        "_critic_backward",
+        "_actor_backward",
+        "_alpha_step",
+        "_critic_optimizer_step",
+        "_actor_optimizer_step",
+    )
     config: DACERConfig
     _STATE = (
         "actor",
@@ -149,9 +157,9 @@ class DACER(Agent):
         self.mean_q_std = torch.full((2,), -1.0, device=device)  # −1: not yet initialised (as the original)
         self.entropy = torch.zeros((), device=device)  # the last GMM estimate
         self.target_entropy = c.target_entropy_per_dim * act_dim
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr, fused=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, fused=True)
         self.gradient_steps = 0
 
     @classmethod
@@ -189,7 +197,9 @@ class DACER(Agent):
         with torch.no_grad():
             batch_std = q_std.mean(-1)
             b = torch.where(self.mean_q_std < 0, batch_std, c.tau * batch_std + (1 - c.tau) * self.mean_q_std)
-            self.mean_q_std.copy_(b)
+            # reassigned, not copied into: under torch.compile the backward pass may recompute ``b`` from the
+            # buffer, which an in-place update would already have overwritten
+            self.mean_q_std = b
             bound = c.target_clip * b.unsqueeze(-1)
             bounded = q_mean + torch.maximum(torch.minimum(backup_sample - q_mean, bound), -bound)
             std = q_std.clamp(min=0.0)
@@ -208,39 +218,59 @@ class DACER(Agent):
         return gmm_entropy(samples, c.gmm_components, c.gmm_iterations)
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule of the original's joint update: the critic's gradient, every ``delay_update`` updates the
+        actor's (against the critic before this update's step), every ``alpha_every`` updates a GMM entropy estimate
+        and a temperature step, then the critic's step and, when delayed, the actor's step and the Polyak step."""
         c = self.config
         batch = buffer.sample(c.batch_size)
+        metrics = self._critic_backward(batch)
+        delayed = self.gradient_steps % c.delay_update == 0
+        if delayed:
+            metrics.update(self._actor_backward(batch.obs))
+        if self.gradient_steps % c.alpha_every == 0:
+            self.entropy = self._alpha_step(batch.obs)
+        self._critic_optimizer_step()
+        if delayed:
+            self._actor_optimizer_step()
+        self.gradient_steps += 1
+        metrics["alpha"] = self.log_alpha.detach().exp()
+        metrics["entropy"] = self.entropy
+        return metrics
+
+    def _critic_backward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The critics' DSAC-T loss and its gradient; the step waits for the actor's backward pass."""
         critic_loss, q_mean = self.critic_loss(
             batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated
         )
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q_mean.mean(), "q_std": self.mean_q_std.mean()}
+        return {"critic_loss": critic_loss.detach(), "q_mean": q_mean.mean(), "q_std": self.mean_q_std.mean()}
 
-        # the actor's gradient uses the critic before this update's step, as in the original's joint update
-        delayed = self.gradient_steps % c.delay_update == 0
-        if delayed:
-            self.critic.requires_grad_(False)
-            out = self.critic(batch.obs, self.policy_action(batch.obs))
-            self.critic.requires_grad_(True)
-            actor_loss = -out[..., 0].min(0).values.mean()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            metrics["actor_loss"] = actor_loss.detach()
-        if self.gradient_steps % c.alpha_every == 0:
-            self.entropy = self.estimate_entropy(batch.obs)
-            alpha_loss = -self.log_alpha * (self.target_entropy - self.entropy)
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
+    def _actor_backward(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """−min_j Q_j(s, a_θ) and its gradient for the actor (the critic's parameters get none)."""
+        self.critic.requires_grad_(False)
+        out = self.critic(obs, self.policy_action(obs))
+        self.critic.requires_grad_(True)
+        actor_loss = -out[..., 0].min(0).values.mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        return {"actor_loss": actor_loss.detach()}
+
+    def _alpha_step(self, obs: torch.Tensor) -> torch.Tensor:
+        """A temperature step towards the target entropy from a fresh GMM estimate, which it returns."""
+        entropy = self.estimate_entropy(obs)
+        alpha_loss = -self.log_alpha * (self.target_entropy - entropy)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        return entropy
+
+    def _critic_optimizer_step(self) -> None:
         self.critic_optimizer.step()
-        if delayed:
-            self.actor_optimizer.step()
-            polyak_update(self.critic_target, self.critic, c.tau)
-        self.gradient_steps += 1
-        metrics["alpha"] = self.log_alpha.detach().exp()
-        metrics["entropy"] = self.entropy
-        return metrics
+
+    def _actor_optimizer_step(self) -> None:
+        self.actor_optimizer.step()
+        polyak_update(self.critic_target, self.critic, self.config.tau)
 
     def state_dict(self) -> dict[str, Any]:
         return agent_state(self, self._STATE)

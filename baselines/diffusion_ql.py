@@ -48,7 +48,7 @@ from baselines.diffusion_utils import (
 )
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 
@@ -92,6 +92,7 @@ def normalised_q_loss(q: torch.Tensor) -> torch.Tensor:
 
 class DiffusionQL(Agent):
     Config = DiffusionQLConfig
+    compiled_methods = ("act", "_critic_step", "_actor_step", "_ema_step")
     config: DiffusionQLConfig
     _STATE = (
         "actor",
@@ -111,8 +112,8 @@ class DiffusionQL(Agent):
         self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, fused=True)
         self.gradient_steps = 0
 
     @classmethod
@@ -134,8 +135,21 @@ class DiffusionQL(Agent):
         return bc_loss + self.config.eta * q_loss, bc_loss, q_loss
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule: a critic step, an actor step, and every ``ema_every`` updates from ``ema_start`` on, the
+        EMA actor's step."""
         c = self.config
         batch = buffer.sample(c.batch_size)
+        metrics = self._critic_step(batch)
+        metrics.update(self._actor_step(batch.obs, batch.actions))
+        if self.gradient_steps % c.ema_every == 0 and self.gradient_steps >= c.ema_start:
+            self._ema_step()
+        self.gradient_steps += 1
+        return metrics
+
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step of the twin critics towards min_j Q̄_j at an EMA-actor sample, then their Polyak step (the
+        actor loss reads the online critics only, so this is the reference's order in effect)."""
+        c = self.config
         with torch.no_grad():
             next_actions = self.sample(batch.next_obs, self.actor_ema)
             next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
@@ -147,25 +161,21 @@ class DiffusionQL(Agent):
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_norm)
         self.critic_optimizer.step()
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
-        actor_loss, bc_loss, q_loss = self.actor_loss(batch.obs, batch.actions)
+    def _actor_step(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        actor_loss, bc_loss, q_loss = self.actor_loss(obs, actions)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
         self.actor_optimizer.step()
+        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "q_loss": q_loss.detach()}
 
-        if self.gradient_steps % c.ema_every == 0 and self.gradient_steps >= c.ema_start:
-            polyak_update(self.actor_ema, self.actor, 1.0 - c.ema_decay)
-        polyak_update(self.critic_target, self.critic, c.tau)
-        self.gradient_steps += 1
-        return {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "bc_loss": bc_loss.detach(),
-            "q_loss": q_loss.detach(),
-            "q_mean": q.detach().mean(),
-        }
+    def _ema_step(self) -> None:
+        polyak_update(self.actor_ema, self.actor, 1.0 - self.config.ema_decay)
 
     def state_dict(self) -> dict[str, Any]:
         return agent_state(self, self._STATE)

@@ -48,7 +48,7 @@ from baselines.diffusion_utils import (
 )
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 
@@ -108,6 +108,7 @@ def improve_actions(
 
 class DIPO(Agent):
     Config = DIPOConfig
+    compiled_methods = ("act", "_critic_step", "_improve_actions", "_actor_step")
     config: DIPOConfig
     _STATE = (
         "actor",
@@ -128,8 +129,8 @@ class DIPO(Agent):
         self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps, fused=True)
         self.memory_actions: torch.Tensor | None = None  # (capacity, A), allocated at the first update
         self.synced_position = -1  # replay-buffer write position at the last sync; -1: never synced
         self.memory_rows = 0  # filled rows (the replay buffer's size at the last sync)
@@ -179,26 +180,32 @@ class DIPO(Agent):
         self.memory_actions[:n] = restored
 
     def improve_memory(self, obs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Action-gradient step on the memory rows ``indices``; writes the improved actions back and returns them."""
+        """Action-gradient step on the memory rows ``indices``; writes the improved actions back and returns them.
+
+        The gather and the write-back stay on the host: the memory is reallocated when the replay buffer's capacity
+        changes, so it is no fixed input of a compiled step."""
         assert self.memory_actions is not None
-        c = self.config
-        self.critic.requires_grad_(False)
-        improved = improve_actions(
-            self.critic,
-            obs,
-            self.memory_actions[indices],
-            c.action_gradient_steps,
-            c.action_lr,
-            c.action_grad_ratio * self.act_dim,
-        )
-        self.critic.requires_grad_(True)
+        improved = self._improve_actions(obs, self.memory_actions[indices])
         self.memory_actions[indices] = improved
         return improved
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule: sync the diffusion memory, a critic step, then the action-gradient improvement of a fresh
+        minibatch's memory actions and an actor step towards them."""
         c = self.config
         self.sync_memory(buffer)
         batch = buffer.sample(c.batch_size)
+        metrics = self._critic_step(batch)
+        memory_batch = buffer.sample(c.batch_size)
+        improved = self.improve_memory(memory_batch.obs, memory_batch.indices)
+        metrics.update(self._actor_step(memory_batch.obs, improved))
+        self.gradient_steps += 1
+        return metrics
+
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step of the twin critics towards min_j Q̄_j at a target-actor sample, then their Polyak step (the
+        actor step reads the online critics only, so this is the reference's order in effect)."""
+        c = self.config
         with torch.no_grad():
             next_actions = self.sample(batch.next_obs, self.actor_target)
             next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
@@ -210,20 +217,31 @@ class DIPO(Agent):
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_norm)
         self.critic_optimizer.step()
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
-        memory_batch = buffer.sample(c.batch_size)
-        improved = self.improve_memory(memory_batch.obs, memory_batch.indices)
-        actor_loss = self.schedule.epsilon_loss(self.actor, improved, memory_batch.obs)
+    def _improve_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """:func:`improve_actions` with the critic's parameters frozen."""
+        c = self.config
+        self.critic.requires_grad_(False)
+        improved = improve_actions(
+            self.critic, obs, actions, c.action_gradient_steps, c.action_lr, c.action_grad_ratio * self.act_dim
+        )
+        self.critic.requires_grad_(True)
+        return improved
+
+    def _actor_step(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One diffusion (ε-prediction) step of the actor towards the improved actions, then the actor target's
+        Polyak step."""
+        c = self.config
+        actor_loss = self.schedule.epsilon_loss(self.actor, actions, obs)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
         self.actor_optimizer.step()
-
-        polyak_update(self.critic_target, self.critic, c.tau)
         polyak_update(self.actor_target, self.actor, c.tau)
-        self.gradient_steps += 1
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean()}
+        return {"actor_loss": actor_loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         state = agent_state(self, (*self._STATE, "memory_rows", "memory_capacity"))

@@ -45,7 +45,7 @@ from baselines.diffusion_utils import (
 )
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 
@@ -71,6 +71,7 @@ class QSMConfig(AgentConfig):
 
 class QSM(Agent):
     Config = QSMConfig
+    compiled_methods = ("act", "_critic_step", "_actor_backward")
     config: QSMConfig
     _STATE = ("actor", "critic", "critic_target", "actor_optimizer", "critic_optimizer", "gradient_steps")
 
@@ -83,8 +84,8 @@ class QSM(Agent):
         self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden, activation=F.relu).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, fused=True)
         self.gradient_steps = 0
 
     @classmethod
@@ -115,8 +116,27 @@ class QSM(Agent):
         return (self.actor(noisy, t.float(), obs) - target).pow(2).mean()
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule: one critic step, then one actor step at the cosine-decayed learning rate.
+
+        The actor's optimiser step runs here, outside the compiled step function: its learning rate changes every
+        update, and a compiled optimiser step would be recompiled for every new float value.
+        """
         c = self.config
         batch = buffer.sample(c.batch_size)
+        metrics = self._critic_step(batch)
+        if c.actor_lr_decay_steps > 0:
+            progress = min(self.gradient_steps, c.actor_lr_decay_steps) / c.actor_lr_decay_steps
+            for group in self.actor_optimizer.param_groups:
+                group["lr"] = c.actor_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        metrics.update(self._actor_backward(batch.obs, batch.actions))
+        self.actor_optimizer.step()
+        self.gradient_steps += 1
+        return metrics
+
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step of the twin critics, then the Polyak step of their targets (the actor loss never reads
+        the targets, so this is the same as the reference's update after the actor step)."""
+        c = self.config
         with torch.no_grad():
             next_actions = self.sample(batch.next_obs)
             next_actions = (next_actions + c.target_noise * torch.randn_like(next_actions)).clamp(-1.0, 1.0)
@@ -127,18 +147,15 @@ class QSM(Agent):
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
-        if c.actor_lr_decay_steps > 0:
-            progress = min(self.gradient_steps, c.actor_lr_decay_steps) / c.actor_lr_decay_steps
-            for group in self.actor_optimizer.param_groups:
-                group["lr"] = c.actor_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-        actor_loss = self.actor_loss(batch.obs, batch.actions)
+    def _actor_backward(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The Q-score-matching loss and its gradient (the optimiser step is the host's, see :meth:`update`)."""
+        actor_loss = self.actor_loss(obs, actions)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
-        self.actor_optimizer.step()
-        polyak_update(self.critic_target, self.critic, c.tau)
-        self.gradient_steps += 1
-        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean()}
+        return {"actor_loss": actor_loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return agent_state(self, self._STATE)

@@ -41,7 +41,7 @@ from baselines.diffusion_utils import (
 )
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 
@@ -72,6 +72,7 @@ class QVPOConfig(AgentConfig):
 
 class QVPO(Agent):
     Config = QVPOConfig
+    compiled_methods = ("act", "_critic_step", "_actor_step")
     config: QVPOConfig
     _STATE = (
         "actor",
@@ -91,8 +92,8 @@ class QVPO(Agent):
         self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps, fused=True)
         self.gradient_steps = 0
 
     @classmethod
@@ -139,8 +140,17 @@ class QVPO(Agent):
         return self.schedule.epsilon_loss(self.actor, actions, states, weights), weight.mean()
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
+        """Host schedule: a critic step, then an actor step on a fresh minibatch (as the official code samples)."""
         c = self.config
-        batch = buffer.sample(c.batch_size)
+        metrics = self._critic_step(buffer.sample(c.batch_size))
+        metrics.update(self._actor_step(buffer.sample(c.batch_size).obs))
+        self.gradient_steps += 1
+        return metrics
+
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step of the twin critics towards min_j Q̄_j at the target actor's best-of-N sample, then their
+        Polyak step (the actor step reads the online critics only, so this is the reference's order in effect)."""
+        c = self.config
         with torch.no_grad():
             next_actions = self.best_of(batch.next_obs, c.target_samples, self.actor_target, self.critic_target)
             next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
@@ -152,25 +162,19 @@ class QVPO(Agent):
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_norm)
         self.critic_optimizer.step()
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
 
-        # the official code samples a fresh minibatch for the actor step
-        actor_batch = buffer.sample(c.batch_size)
-        actor_loss, mean_weight = self.actor_loss(actor_batch.obs)
+    def _actor_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        actor_loss, mean_weight = self.actor_loss(obs)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         if c.grad_norm > 0:
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
         self.actor_optimizer.step()
-
-        polyak_update(self.critic_target, self.critic, c.tau)
         polyak_update(self.actor_target, self.actor, c.tau)
-        self.gradient_steps += 1
-        return {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "advantage_weight": mean_weight,
-            "q_mean": q.detach().mean(),
-        }
+        return {"actor_loss": actor_loss.detach(), "advantage_weight": mean_weight}
 
     def state_dict(self) -> dict[str, Any]:
         return agent_state(self, self._STATE)

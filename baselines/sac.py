@@ -27,7 +27,7 @@ from torch import nn
 from baselines.common import tanh_gaussian_sample
 from dime.agents import Agent, AgentConfig
 from dime.nn import EnsembleLinear, mlp, polyak_update
-from dime.replay import ReplayBuffer
+from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 
@@ -85,6 +85,7 @@ class SACConfig(AgentConfig):
 
 class SAC(Agent):
     Config = SACConfig
+    compiled_methods = ("act", "_critic_step", "_update_actor")
     config: SACConfig
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: SACConfig, device: torch.device):
@@ -95,9 +96,12 @@ class SAC(Agent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(c.alpha or c.init_alpha), device=device, requires_grad=c.alpha is None)
         self.target_entropy = c.target_entropy_per_dim * act_dim
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr) if c.alpha is None else None
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
+        self._actor_parameters = list(self.actor.parameters())
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, fused=True)
+        self.alpha_optimizer = (
+            None if c.alpha is not None else torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, fused=True)
+        )
         self.gradient_steps = 0
 
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
@@ -106,6 +110,16 @@ class SAC(Agent):
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
         c = self.config
         batch = buffer.sample(c.batch_size)
+        metrics = self._critic_step(batch)
+        if self.gradient_steps % c.policy_frequency == 0:
+            for _ in range(c.policy_frequency):
+                metrics.update(self._update_actor(batch.obs))
+        self.gradient_steps += 1
+        return metrics
+
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD step of both critics, then the Polyak step of their targets (the actor never reads them)."""
+        c = self.config
         alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             next_actions, next_log_prob = self.actor.sample(batch.next_obs)
@@ -116,23 +130,17 @@ class SAC(Agent):
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
-        if self.gradient_steps % c.policy_frequency == 0:
-            for _ in range(c.policy_frequency):
-                metrics.update(self._update_actor(batch.obs))
         polyak_update(self.critic_target, self.critic, c.tau)
-        self.gradient_steps += 1
-        return metrics
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
 
     def _update_actor(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         alpha = self.log_alpha.detach().exp()
         actions, log_prob = self.actor.sample(obs)
-        self.critic.requires_grad_(False)
         q = self.critic(obs, actions).min(0).values
-        self.critic.requires_grad_(True)
         actor_loss = (alpha * log_prob - q).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        # `inputs`: no critic weight gradients (toggling requires_grad instead would split the compiled graph).
+        actor_loss.backward(inputs=self._actor_parameters)
         self.actor_optimizer.step()
         metrics = {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean()}
         if self.alpha_optimizer is not None:

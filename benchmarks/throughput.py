@@ -1,16 +1,18 @@
 """Throughput of every algorithm: env steps/s and gradient updates/s in the learning phase, side by side.
 
-For each algorithm and each configuration (``paper``: the algorithm's defaults for the task; ``small``: narrow
-networks, see ``SMALL``) the script fills the replay buffer with random transitions from the real environment,
-runs a burn-in (excluded, so one-off costs such as compilation are not timed), then times ``--steps`` iterations
-of the trainer's per-step work: act, env.step, store, ``agent.update``. Evaluation is excluded, as in the
-reference figures quoted in the issue (DIME's JAX code: ≈2.5 env steps/s at paper configuration and ≈10 with
-256-wide critics on a 2-core CPU, DMC cartpole-swingup).
+For each algorithm, each configuration (``paper``: the algorithm's defaults for the task; ``small``: narrow
+networks, see ``SMALL``) and each compile mode (``off``: eager, the reference; ``on``: ``torch.compile`` of the
+step functions; ``cudagraphs``: also CUDA graphs), the script fills the replay buffer with random transitions
+from the real environment, runs a burn-in (reported separately, as it holds the compilation), then times
+``--steps`` iterations of the trainer's per-step work: act, env.step, store, ``agent.update``. Evaluation is
+excluded, as in the reference figures quoted in the issue (DIME's JAX code: ≈2.5 env steps/s at paper
+configuration and ≈10 with 256-wide critics on a 2-core CPU, DMC cartpole-swingup).
 
-    python benchmarks/throughput.py --algos sac dime --configs paper small --steps 100
-    python benchmarks/throughput.py --device cuda --algos dime --task dmc/dog-run --configs paper
+    python benchmarks/throughput.py --algos sac dime --configs paper small --compile off on --steps 100
+    python benchmarks/throughput.py --device cuda --algos dime --task dmc/dog-run --configs paper \
+        --compile off on cudagraphs
 
-Results go to ``results/benchmarks/throughput-<device>.{md,json}`` with hardware and package versions.
+Results go to ``results/benchmarks/throughput-<device>[-<label>].{md,json}`` with hardware and package versions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from dime.agents import ALGORITHMS, load_algorithm
+from dime.compilation import COMPILE_MODES
 from dime.provenance import git_state, hardware, package_versions
 from dime.replay import ReplayBuffer
 from dime.tasks import get_task, make_env
@@ -43,13 +46,13 @@ SMALL: dict[str, dict[str, Any]] = {
     "consistency-ac": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
     "dipo": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
     "qvpo": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
-    "dacer": {"actor_hidden": (64, 64), "critic_hidden": (64, 64)},
+    "dacer": {"hidden": (64, 64), "diffusion_hidden": (64, 64)},
 }
 PREFILL = 1000  # random transitions in the buffer before timing (BRN warm-up is irrelevant for speed)
 
 
 def measure(
-    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, compiled: bool
+    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, mode: str
 ) -> dict[str, float]:
     torch.manual_seed(0)
     task = get_task(task_name)
@@ -58,8 +61,9 @@ def measure(
     cls = load_algorithm(algo)
     config = cls.default_config(task).replace(**overrides, learning_starts=PREFILL)
     agent = cls(task, obs_dim, act_dim, config, device)
-    if compiled:
-        agent.compile_updates()
+    if mode != "off":
+        torch._dynamo.reset()  # each measurement pays its own compilation
+        agent.compile_updates(mode)
     buffer = ReplayBuffer(obs_dim, act_dim, PREFILL + burn_in + steps + 1, device)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
@@ -79,10 +83,12 @@ def measure(
         env_step(action[0].cpu().numpy())
         agent.update(buffer, PREFILL + step)
 
+    burn_in_start = time.perf_counter()
     for step in range(burn_in):
         learning_step(step)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    burn_in_seconds = time.perf_counter() - burn_in_start
     updates_before = getattr(agent, "gradient_steps", None)
     start = time.perf_counter()
     for step in range(burn_in, burn_in + steps):
@@ -91,7 +97,12 @@ def measure(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     gradient_steps = (agent.gradient_steps - updates_before) if updates_before is not None else float("nan")
-    return {"env_steps_per_s": steps / seconds, "updates_per_s": gradient_steps / seconds, "seconds": seconds}
+    return {
+        "env_steps_per_s": steps / seconds,
+        "updates_per_s": gradient_steps / seconds,
+        "seconds": seconds,
+        "burn_in_seconds": burn_in_seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,25 +110,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--task", default="dmc/cartpole-swingup")
     parser.add_argument("--configs", nargs="+", default=["paper", "small"], choices=["paper", "small"])
-    parser.add_argument("--compile", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=COMPILE_MODES)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the workflow's per-job default)")
     parser.add_argument("--steps", type=int, default=100, help="timed learning steps per measurement")
     parser.add_argument("--burn-in", type=int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--label", default="", help="suffix of the report's file name, e.g. paper")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     rows = []
     for algo in args.algos:
         for config_name in args.configs:
             overrides = SMALL[algo] if config_name == "small" else {}
             for mode in args.compile:
-                result = measure(algo, args.task, overrides, args.steps, args.burn_in, device, mode == "compiled")
+                result = measure(algo, args.task, overrides, args.steps, args.burn_in, device, mode)
                 rows.append({"algo": algo, "config": config_name, "mode": mode, **result})
                 print(
-                    f"{algo:15s} {config_name:6s} {mode:8s} {result['env_steps_per_s']:9.2f} env steps/s "
-                    f"{result['updates_per_s']:9.2f} updates/s",
+                    f"{algo:15s} {config_name:6s} {mode:10s} {result['env_steps_per_s']:9.2f} env steps/s "
+                    f"{result['updates_per_s']:9.2f} updates/s  burn-in {result['burn_in_seconds']:.0f} s",
                     flush=True,
                 )
+                write_report(rows, args, device)  # after every row: a long sweep keeps what it measured
     write_report(rows, args, device)
 
 
@@ -127,6 +142,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, device: t
         "task": args.task,
         "steps": args.steps,
         "burn_in": args.burn_in,
+        "threads": args.threads,
         "hardware": hardware(device),
         "versions": package_versions(),
         "git_commit": commit,
@@ -135,27 +151,29 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, device: t
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "out"
+            if k != "out" and not (k == "label" and not v)
         ),
     }
-    eager = {(r["algo"], r["config"]): r["env_steps_per_s"] for r in rows if r["mode"] == "eager"}
+    eager = {(r["algo"], r["config"]): r["env_steps_per_s"] for r in rows if r["mode"] == "off"}
     lines = [
         f"# Throughput on {meta['hardware'].get('gpu', meta['hardware']['cpu'])} ({device})",
         "",
         f"Task `{args.task}`, learning phase, evaluation excluded, {args.steps} timed steps after {args.burn_in} "
-        f"burn-in steps. Command: `{meta['command']}`. Commit {commit}{' (dirty)' if dirty else ''}.",
+        f"burn-in steps (the burn-in column includes compilation), {args.threads} torch thread(s). "
+        f"Command: `{meta['command']}`. Commit {commit}{' (dirty)' if dirty else ''}. "
+        f"torch {meta['versions'].get('torch')}.",
         "",
-        "| algorithm | config | mode | env steps/s | updates/s | × eager |",
-        "|---|---|---|---:|---:|---:|",
+        "| algorithm | config | compile | env steps/s | updates/s | × eager | burn-in s |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["env_steps_per_s"] / eager[(r["algo"], r["config"])] if (r["algo"], r["config"]) in eager else None
         lines.append(
             f"| {r['algo']} | {r['config']} | {r['mode']} | {r['env_steps_per_s']:.2f} | {r['updates_per_s']:.2f} | "
-            f"{'' if ratio is None else f'{ratio:.2f}'} |"
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {r['burn_in_seconds']:.0f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"throughput-{device.type}"
+    stem = args.out / "-".join(filter(None, ["throughput", device.type, args.label]))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {stem.with_suffix('.md')}")

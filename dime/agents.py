@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from dime.compilation import CompileMode, compile_function
 from dime.replay import ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -114,9 +115,14 @@ class Agent(abc.ABC):
     ``learning_starts`` and performs every gradient step of that env step (UTD, delayed actor, temperature),
     sampling its own minibatches from the buffer. Metrics are returned as tensors (no host sync); the trainer reads
     them only at its logging interval.
+
+    ``compiled_methods`` names the tensor-only step functions that :meth:`compile_updates` compiles: methods whose
+    control flow depends only on their argument shapes and on config values, never on counters or tensor values
+    (the host-side schedule that calls them stays in ``update``).
     """
 
     Config: ClassVar[type[AgentConfig]] = AgentConfig
+    compiled_methods: ClassVar[tuple[str, ...]] = ("act",)
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: AgentConfig, device: torch.device):
         self.task = task
@@ -144,6 +150,11 @@ class Agent(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def compile_updates(self, mode: CompileMode = "on") -> None:
+        """Replace every method in ``compiled_methods`` by its compiled version (:mod:`dime.compilation`)."""
+        for name in self.compiled_methods:
+            setattr(self, name, compile_function(getattr(self, name), mode, self.device))
 
 
 def load_algorithm(name: str) -> type[Agent]:

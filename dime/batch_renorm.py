@@ -60,8 +60,10 @@ class BatchRenorm(nn.Module):
         mean = batch_mean - warmed_up * d * batch_std / r
         var = batch_var * (1.0 + warmed_up * (r.pow(-2) - 1.0))
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        # Out of place on purpose: under torch.compile, AOTAutograd may recompute r and d in the backward pass
+        # from the buffers it was given, and an in-place update would hand it the new statistics.
         with torch.no_grad():
-            self.running_mean.lerp_(batch_mean.detach(), 1.0 - self.momentum)
-            self.running_var.lerp_(batch_var.detach(), 1.0 - self.momentum)
-            self.steps.add_(1)
+            self.running_mean = self.running_mean.lerp(batch_mean.detach(), 1.0 - self.momentum)
+            self.running_var = self.running_var.lerp(batch_var.detach(), 1.0 - self.momentum)
+            self.steps = self.steps + 1
         return y

@@ -107,6 +107,7 @@ class DIME(Agent):
     """DIME with a diffusion actor; subclasses swap the actor via :meth:`build_actor` (see ``DIMEGauss``)."""
 
     Config = DIMEConfig
+    compiled_methods = ("act", "_critic_step", "_actor_step")
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DIMETrainingConfig, device: torch.device):
         super().__init__(task, obs_dim, act_dim, config, device)
@@ -122,14 +123,16 @@ class DIME(Agent):
             brn_warmup_steps=config.brn_warmup_steps,
             brn_momentum=config.brn_momentum,
         ).to(device)
-        # foreach: one multi-tensor kernel per Adam op instead of one per parameter (CPU defaults to the loop).
-        adam = {"betas": (config.adam_beta1, config.adam_beta2), "foreach": True}
+        # fused: one kernel per optimiser step, and the step counters stay on the device (no `.item()` sync).
+        adam = {"betas": (config.adam_beta1, config.adam_beta2), "fused": True}
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr_actor, **adam)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, **adam)
         self.auto_alpha = config.alpha is None
         initial_alpha = config.init_alpha if config.alpha is None else config.alpha
         self.log_alpha = torch.tensor(math.log(initial_alpha), device=device, requires_grad=self.auto_alpha)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr_alpha) if self.auto_alpha else None
+        self.alpha_optimizer = (
+            torch.optim.Adam([self.log_alpha], lr=config.lr_alpha, fused=True) if self.auto_alpha else None
+        )
         self.target_cost = -config.target_entropy_per_dim * act_dim
         self.critic_updates = 0  # global critic-update counter: host state, decides the policy delay
         zero = torch.zeros((), device=device)

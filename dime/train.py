@@ -20,6 +20,7 @@ import yaml
 
 from dime.agents import ALGORITHMS, ConfigError, UnknownAlgorithmError
 from dime.checkpoint import CheckpointError
+from dime.compilation import COMPILE_MODES
 from dime.tasks import UnknownTaskError
 
 
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-every", type=_count, default=1000)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=_count, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--compile",
+        default="off",
+        choices=COMPILE_MODES,
+        help="off: eager reference; on: torch.compile the updates and action sampling; cudagraphs: also capture "
+        "CUDA graphs (CUDA only)",
+    )
     parser.add_argument("--config", help="YAML file of agent hyperparameter overrides")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             log_every=args.log_every,
             device=args.device,
+            compile=args.compile,
             agent=overrides,
         )
         trainer = Trainer(config, out, quiet=args.quiet)

@@ -42,6 +42,7 @@ import yaml
 
 from dime.agents import Agent, AgentConfig, load_algorithm
 from dime.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from dime.compilation import COMPILE_MODES
 from dime.provenance import config_hash, git_state, hardware, package_versions, scheduler_ids
 from dime.replay import ReplayBuffer
 from dime.tasks import TaskSpec, episode_success, get_task, make_env
@@ -78,6 +79,9 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     log_every: int = 1000
     device: str = "auto"
+    # "on"/"cudagraphs": torch.compile the agent's step functions (dime.compilation); "off" is the eager reference.
+    # An execution setting like the device: not part of the run's identity, so a run may resume in another mode.
+    compile: str = "off"
     agent: dict[str, Any] = field(default_factory=dict)  # overrides of the algorithm's default config
 
     def __post_init__(self) -> None:
@@ -86,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}; valid choices: {', '.join(COMPILE_MODES)}")
 
 
 def derive_seed(seed: int, stream: int, index: int) -> int:
@@ -129,6 +135,8 @@ class Trainer:
         self.agent_cls: type[Agent] = load_algorithm(config.algo)
         self.agent_config: AgentConfig = self.agent_cls.default_config(self.task).replace(**config.agent)
         self.device = resolve_device(config.device)
+        if config.compile == "cudagraphs" and self.device.type != "cuda":
+            raise ValueError(f"compile mode 'cudagraphs' needs a CUDA device, got {self.device}; use --compile on")
         if self.device.type == "cuda":
             # JAX (the DIME reference) uses TF32 matmuls on Ampere/Hopper by default.
             torch.set_float32_matmul_precision("high")
@@ -311,7 +319,10 @@ class Trainer:
         else:
             self._truncate_metrics(0)
             self._write_eval_csv()
-        atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
+        if cfg.compile != "off":
+            self.agent.compile_updates(cfg.compile)  # after restoring, so compiled code sees the restored tensors
+        resolved = {**self.resolved, "compile": cfg.compile}
+        atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         received: list[int] = []
         progress = _progress(cfg.total_steps, self.step, disable=self.quiet)
         window_start, window_steps = time.perf_counter(), 0
@@ -386,6 +397,7 @@ class Trainer:
             "updates_per_s": (gradient_steps if gradient_steps is not None else learning_steps)
             / max(self.train_seconds, 1e-9),
             "device": str(self.device),
+            "compile": self.config.compile,
             "hardware": hardware(self.device),
             "versions": package_versions(),
             "git_commit": commit,
@@ -436,6 +448,7 @@ def train(
     checkpoint_every: int | None = None,
     log_every: int | None = None,
     device: str = "auto",
+    compile: str = "off",
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) one run and return its summary (also written to ``out_dir/summary.json``)."""
@@ -446,6 +459,7 @@ def train(
         seed=seed,
         total_steps=total_steps,
         device=device,
+        compile=compile,
         agent=dict(agent_overrides or {}),
         **{k: v for k, v in optional.items() if v is not None},
     )

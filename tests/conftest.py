@@ -25,6 +25,18 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
     )
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One intra-op thread for in-process torch work: the ops in tests are small, and on a shared 2-core machine a
+    second OpenMP thread spin-waits for the busy core and makes them ~10x slower (measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT

@@ -28,15 +28,6 @@ OBS_DIM, ACT_DIM = 3, 2
 TASK = get_task("gym/Pendulum-v1")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny ops: on a shared 2-core machine a second intra-op thread costs ~10x the CPU time (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**overrides: object) -> BROConfig:
     base = {
         "critic_width": 16,

@@ -19,15 +19,6 @@ OBS_DIM, ACT_DIM = 3, 2
 TASK = get_task("gym/Pendulum-v1")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny ops: on a shared 2-core machine a second intra-op thread costs ~10x the CPU time (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**overrides: object) -> CrossQConfig:
     base = {"critic_hidden": (32, 32), "actor_hidden": (16, 16), "batch_size": 16, "learning_starts": 0}
     return CrossQConfig(**{**base, **overrides})

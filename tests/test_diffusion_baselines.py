@@ -51,15 +51,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny ops; on a shared 2-core machine a second intra-op thread makes them ~100x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def task() -> TaskSpec:
     return get_task("gym/Pendulum-v1")

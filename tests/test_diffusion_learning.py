@@ -20,16 +20,6 @@ from dime.replay import ReplayBuffer
 from dime.tasks import get_task, make_env
 from dime.trainer import read_eval_csv, train
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny ops; on a shared 2-core machine a second intra-op thread makes them ~100x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMOKE = {
     "qsm": {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "time_dim": 16, "time_hidden": 16},
     "diffusion-ql": {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "num_candidates": 4},

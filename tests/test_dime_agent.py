@@ -16,16 +16,6 @@ from dime.replay import ReplayBuffer
 from dime.tasks import get_task
 from tests.test_categorical import _naive_projection
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small ops: on a shared 2-core machine a second intra-op thread slows them down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 OBS, ACT = 3, 2
 TINY = {
     "batch_size": 16,

@@ -22,16 +22,6 @@ from dime.replay import ReplayBuffer
 from dime.tasks import get_task, make_env
 from dime.trainer import read_eval_csv, train
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small ops: on a shared 2-core machine a second intra-op thread slows them down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMOKE = {
     "dime": {"critic_width": 32, "score_width": 16, "diffusion_steps": 4},
     "dime-gauss": {"critic_width": 32, "actor_width": 16},

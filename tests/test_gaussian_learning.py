@@ -13,7 +13,6 @@ import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from dime.trainer import read_eval_csv, train
@@ -26,15 +25,6 @@ LEARNING = {
     "bro": (1300, {**_SMALL_BRO, "learning_starts": 300}, 10),
     "bro-fast": (3400, {**_SMALL_BRO, "learning_starts": 500}, 2),
 }
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny ops: on a shared 2-core machine a second intra-op thread costs ~10x the CPU time (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.learning

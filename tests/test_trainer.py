@@ -195,6 +195,8 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
         ([*SAC_PENDULUM, "--set", "tau=fast"], "'tau' expects float, got 'fast'"),
         ([*SAC_PENDULUM, "--set", "tau"], "--set expects key=value"),
         ([*SAC_PENDULUM, "--device", "tpu"], "unknown device 'tpu'"),
+        ([*SAC_PENDULUM, "--compile", "fast"], "invalid choice: 'fast' (choose from 'off', 'on', 'cudagraphs')"),
+        ([*SAC_PENDULUM, "--device", "cpu", "--compile", "cudagraphs"], "'cudagraphs' needs a CUDA device"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):

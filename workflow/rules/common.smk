@@ -45,6 +45,7 @@ OUT = f"{config['results_dir']}/{STUDY.name}"
 RUNS = f"{OUT}/runs"
 EXPERIMENTS = [exp.name for exp in STUDY.experiments]
 CHECKPOINT_EVERY = STUDY.data["checkpoint_every"]
+COMPILE = STUDY.data["compile"]
 TRAIN_THREADS = STUDY.data["resources"]["threads"]
 
 wildcard_constraints:

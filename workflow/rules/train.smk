@@ -31,5 +31,5 @@ rule train:
         "{PYTHON:q} {SCRIPTS}/gpu_launch.py --gpus {resources.local_gpus} --local-gpus {LOCAL_GPUS} "
         "--lock-dir .snakemake/gpu-slots -- "
         "{PYTHON:q} -m dime.train --algo {params.algo:q} --task {wildcards.task} --seed {wildcards.seed} "
-        "--steps {params.steps} --eval-every {params.eval_every} --checkpoint-every {CHECKPOINT_EVERY} --threads {threads} "
+        "--steps {params.steps} --eval-every {params.eval_every} --checkpoint-every {CHECKPOINT_EVERY} --threads {threads} --compile {COMPILE} "
         "--out $(dirname {output:q}) --quiet {params.overrides} >> {log:q} 2>&1"
