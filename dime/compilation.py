@@ -75,7 +75,9 @@ def compile_function(function: Callable, mode: CompileMode, device: torch.device
         raise ValueError(f"unknown compile mode {mode!r}; valid choices: {', '.join(COMPILE_MODES)}")
     if mode == "cudagraphs" and device.type != "cuda":
         raise ValueError(f"compile mode 'cudagraphs' needs a CUDA device, got {device}; use --compile on")
-    torch._inductor.config.fallback_random = True
+    import torch._inductor.config as inductor_config  # here: importing Inductor slows down every CLI start
+
+    inductor_config.fallback_random = True
     if mode == "on":
         return torch.compile(function)
     compiled = torch.compile(function, mode="reduce-overhead")
