@@ -44,7 +44,7 @@ from baselines.diffusion_utils import (
     gumbel_max,
     load_agent_state,
     repeat_obs,
-    twin_mse,
+    twin_critic_step,
 )
 from dime.agents import Agent, AgentConfig
 from dime.nn import polyak_update
@@ -147,22 +147,13 @@ class DiffusionQL(Agent):
         return metrics
 
     def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One TD step of the twin critics towards min_j Q̄_j at an EMA-actor sample, then their Polyak step (the
-        actor loss reads the online critics only, so this is the reference's order in effect)."""
+        """Twin-critic TD step at an EMA-actor sample."""
         c = self.config
         with torch.no_grad():
             next_actions = self.sample(batch.next_obs, self.actor_ema)
-            next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
-            target = batch.rewards + c.gamma * (1.0 - batch.terminated) * next_q
-        q = self.critic(batch.obs, batch.actions)
-        critic_loss = twin_mse(q, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        if c.grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_norm)
-        self.critic_optimizer.step()
-        polyak_update(self.critic_target, self.critic, c.tau)
-        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        return twin_critic_step(
+            self.critic, self.critic_target, self.critic_optimizer, batch, next_actions, c.gamma, c.tau, c.grad_norm
+        )
 
     def _actor_step(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config

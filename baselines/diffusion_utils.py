@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dime.nn import EnsembleLinear
+from dime.nn import EnsembleLinear, polyak_update
+from dime.replay import Batch
 from dime.tasks import TaskSpec
 
 #: ε-network signature used by the samplers: (x_t (N, A), t (N,) or (1,) float, obs (N, O)) -> (N, A).
@@ -245,6 +246,36 @@ class TwinCritic(nn.Module):
 def twin_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Σ_j mean_b (Q_j − y)², the twin-critic TD loss of TD3/Diffusion-QL/DIPO."""
     return (q - target).pow(2).mean(-1).sum()
+
+
+def twin_critic_step(
+    critic: TwinCritic,
+    critic_target: TwinCritic,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    next_actions: torch.Tensor,
+    gamma: float,
+    tau: float,
+    grad_norm: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """One TD step of the twin critics towards y = r + γ(1 − terminated)·min_j Q̄_j(s', a'), with a' chosen by the
+    algorithm, an optional global-norm clip (``grad_norm`` <= 0: none), then the Polyak step of the targets.
+
+    The diffusion baselines' actor losses read the online critics only, so Polyak-averaging here rather than after
+    the actor step (as some references order it) gives the same numbers.
+    """
+    with torch.no_grad():
+        next_q = critic_target(batch.next_obs, next_actions).min(0).values
+        target = batch.rewards + gamma * (1.0 - batch.terminated) * next_q
+    q = critic(batch.obs, batch.actions)
+    loss = twin_mse(q, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_norm > 0:
+        nn.utils.clip_grad_norm_(critic.parameters(), grad_norm)
+    optimizer.step()
+    polyak_update(critic_target, critic, tau)
+    return {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -41,10 +41,9 @@ from baselines.diffusion_utils import (
     agent_state,
     is_humanoid_class,
     load_agent_state,
-    twin_mse,
+    twin_critic_step,
 )
 from dime.agents import Agent, AgentConfig
-from dime.nn import polyak_update
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -134,21 +133,14 @@ class QSM(Agent):
         return metrics
 
     def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One TD step of the twin critics, then the Polyak step of their targets (the actor loss never reads
-        the targets, so this is the same as the reference's update after the actor step)."""
+        """Twin-critic TD step at a target-smoothed (TD3-style noisy) sample of the current actor."""
         c = self.config
         with torch.no_grad():
             next_actions = self.sample(batch.next_obs)
             next_actions = (next_actions + c.target_noise * torch.randn_like(next_actions)).clamp(-1.0, 1.0)
-            next_q = self.critic_target(batch.next_obs, next_actions).min(0).values
-            target = batch.rewards + c.gamma * (1.0 - batch.terminated) * next_q
-        q = self.critic(batch.obs, batch.actions)
-        critic_loss = twin_mse(q, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        polyak_update(self.critic_target, self.critic, c.tau)
-        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        return twin_critic_step(
+            self.critic, self.critic_target, self.critic_optimizer, batch, next_actions, c.gamma, c.tau
+        )
 
     def _actor_backward(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
         """The Q-score-matching loss and its gradient (the optimiser step is the host's, see :meth:`update`)."""
