@@ -60,9 +60,58 @@ class AgentConfig:
     eval_episodes: int = 5
     eval_deterministic: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Range and meaning checks of every field; raises :class:`ConfigError` with one line naming the field,
+        its value and what is valid. Subclasses extend it (``super().validate()`` first) for their own fields, so
+        a config can never be built, by default, ``replace`` or ``--set``, with a value the algorithm would
+        silently misread or crash on."""
+        at_least(self, 0, "learning_starts")
+        at_least(self, 1, "batch_size", "buffer_size", "eval_episodes")
+        check(self, "gamma", 0.0 < self.gamma <= 1.0, "a discount in (0, 1]")
+
     def replace(self, **overrides: Any) -> AgentConfig:
-        """A copy with ``overrides`` applied after validating names and types (one-line :class:`ConfigError`)."""
+        """A copy with ``overrides`` applied after checking names, types and ranges (one-line :class:`ConfigError`)."""
         return dataclasses.replace(self, **coerce_overrides(type(self), overrides))
+
+
+def check(config: Any, name: str, ok: bool, valid: str) -> None:
+    """Raise :class:`ConfigError` naming ``config.<name>``, its value and ``valid`` (what it must be) unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"invalid {name}={getattr(config, name)!r} for {type(config).__name__}; valid: {valid}")
+
+
+def at_least(config: Any, minimum: float, *names: str) -> None:
+    """Each named field is a number >= ``minimum`` (``None`` is allowed only where the field's type allows it)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None:
+            check(config, name, value >= minimum, f"a number >= {minimum:g}")
+
+
+def positive(config: Any, *names: str) -> None:
+    """Each named field is a finite number > 0 (learning rates, widths, scales)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None:
+            check(config, name, 0 < value < float("inf"), "a finite number > 0")
+
+
+def unit_interval(config: Any, *names: str) -> None:
+    """Each named field lies in [0, 1] (Polyak rates, momenta, probabilities)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None:
+            check(config, name, 0.0 <= value <= 1.0, "a number in [0, 1]")
+
+
+def nonempty_widths(config: Any, *names: str) -> None:
+    """Each named field is a non-empty tuple of layer widths >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        check(config, name, len(value) > 0 and all(w >= 1 for w in value), "a non-empty list of widths >= 1")
 
 
 def coerce_overrides(config_cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
