@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import aggregate
 import pandas as pd
 import studylib
 
@@ -138,7 +139,7 @@ def aggregate_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, 
                 record[f"{key}_ci"] = row[name]
             cost = block["cost"][label]
             row["Cost per run"], row["Total cost"] = cost_cells(cost)
-            for unit in ("GPU-h", "CPU-h"):
+            for unit in aggregate.COST_UNITS:
                 column = unit.lower().replace("-", "_")
                 spent = cost.get(unit, {})
                 record[f"{column}_runs"] = spent.get("runs", 0)
