@@ -154,3 +154,19 @@ def test_report_of_a_study_without_results_says_what_to_run(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()][-1]
     assert last.startswith("cannot build the report of study smoke:") and "--config study=smoke" in last
+
+
+def test_landing_page_shows_the_reproduction_verdicts_when_present(tmp_path):
+    import write_index
+
+    study = studylib.load_study(REPO_ROOT / "config" / "studies" / "smoke.yaml", check_registry=False)
+    assert "No reproduction summary" in write_index.reproduction_summary(study, tmp_path)
+    (tmp_path / "tables").mkdir()
+    verdicts = pd.DataFrame(
+        {"label": ["dime"], "task": ["dmc/pendulum-swingup"], "verdict": ["consistent"], "step": [600]}
+    )
+    verdicts.to_csv(tmp_path / "tables" / "reproduction_summary.csv", index=False)
+    (table,) = html_tables(write_index.reproduction_summary(study, tmp_path))
+    assert table.to_dict("records") == [
+        {"Algorithm": "DIME", "Task": "dmc/pendulum-swingup", "Verdict": "consistent", "Env step": "600"}
+    ]
