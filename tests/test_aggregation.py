@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,9 @@ from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "workflow" / "scripts"))
 import aggregate
+import make_plots
 import make_tables
+import matplotlib.pyplot as plt
 import reproduction
 import studylib
 
@@ -112,7 +115,8 @@ STUDY = {
     "eval_every": 500,
     "focus": "dime",
     "bootstrap": {"reps": 1000, "curve_reps": 100, "poi_reps": 100, "profile_reps": 100, "seed": 0},
-    "algorithms": {"dime": {"algo": "dime"}, "sac": {"algo": "sac"}, "dipo": {"algo": "dipo"}},
+    "resources": {"threads": 2},
+    "algorithms": {"dime": {"algo": "dime"}, "sac": {"algo": "sac"}, "dipo": {"algo": "dipo", "name": "DIPO (ours)"}},
     "experiments": {
         "main": {
             "title": "Synthetic",
@@ -132,6 +136,8 @@ FINAL = {
     ("sac", "gym/Pendulum-v1"): [-900.0, -800.0, -700.0, -1000.0],
     ("dipo", "dmc/walker-run"): [50.0, 60.0, 70.0, 80.0],
 }
+# Wall clock of seed k: (k + 1) quarter hours; dime ran on a GPU, the others on CPU (2 threads per job, see STUDY).
+DEVICE = {"dime": "cuda:0", "sac": "cpu", "dipo": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +161,8 @@ def synthetic(tmp_path_factory):
                     "status": "ok" if ok else "failed",
                     "detail": "" if ok else "non-finite final score nan",
                     "total_steps": 1000,
+                    "wall_clock_s": 900.0 * (seed + 1),
+                    "device": DEVICE[label],
                 }
             )
             for step, score in ((1, final * 0.1), (500, final * 0.5), (1000, final)):
@@ -238,7 +246,7 @@ def test_tables_report_missing_seeds_and_bootstrap_settings(synthetic, tmp_path)
     make_tables.write_tables(stats, tmp_path / "main")
     per_task = (tmp_path / "main_per_task.md").read_text()
     assert "3/4†" in per_task
-    assert "sac on dmc/cheetah-run (DeepMind Control): seed 3 missing" in per_task
+    assert "SAC on dmc/cheetah-run (DeepMind Control): seed 3 missing" in per_task
     assert "seed 2 failed (non-finite final score nan)" in per_task
     assert "575 [" in per_task  # dime cheetah-run IQM in raw units
     aggregate_md = (tmp_path / "main_aggregate.md").read_text()
@@ -255,6 +263,90 @@ def test_tables_report_missing_seeds_and_bootstrap_settings(synthetic, tmp_path)
     assert set(poi["y"]) == {"sac", "dipo"} and (poi["bootstrap_reps"] == 100).all()
 
 
+def test_tables_show_display_names(synthetic, tmp_path):
+    _, _, _, stats = synthetic
+    make_tables.write_tables(stats, tmp_path / "main")
+    aggregate_md = (tmp_path / "main_aggregate.md").read_text()
+    assert "| DIME " in aggregate_md and "| SAC " in aggregate_md
+    assert "DIPO (ours) (DeepMind Control): runs on 1 of 2 tasks" in aggregate_md
+    assert "| dime " not in aggregate_md and "| sac " not in aggregate_md
+    poi_md = (tmp_path / "main_poi.md").read_text()
+    assert "P(DIME > SAC)" in poi_md and "P(DIME > DIPO (ours))" in poi_md
+    per_task = pd.read_csv(tmp_path / "main_per_task.csv")
+    assert dict(zip(per_task["algorithm"], per_task["name"], strict=False)) == {
+        "dime": "DIME",
+        "sac": "SAC",
+        "dipo": "DIPO (ours)",
+    }
+    html = (tmp_path / "main_aggregate.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in html and "<td>DIME</td>" in html
+
+
+def test_cost_per_label_from_wall_clock_and_device(synthetic, tmp_path):
+    _, _, _, stats = synthetic
+    dmc = stats["suites"]["dmc"]["cost"]
+    # dime on DMC: 2 tasks x seeds 0-3 on a GPU, 0.25 (k + 1) h each -> 8 runs, 2 x 2.5 GPU-h.
+    assert dmc["dime"] == {"GPU-h": {"runs": 8, "mean": pytest.approx(0.625), "total": pytest.approx(5.0)}}
+    # sac on DMC, on CPU with 2 threads: cheetah seed 3 never finished (no wall clock), walker seed 2 failed (its
+    # compute counts): hours 0.25, 0.5, 0.75 + 0.25, 0.5, 0.75, 1.0 = 4.0, x 2 threads.
+    assert dmc["sac"] == {"CPU-h": {"runs": 7, "mean": pytest.approx(8.0 / 7), "total": pytest.approx(8.0)}}
+    assert stats["suites"]["gym"]["cost"]["sac"]["CPU-h"]["total"] == pytest.approx(5.0)
+    make_tables.write_tables(stats, tmp_path / "main")
+    csv = pd.read_csv(tmp_path / "main_aggregate.csv").set_index(["suite", "algorithm"])
+    sac, dime = csv.loc[("dmc", "sac")], csv.loc[("dmc", "dime")]
+    assert sac["cpu_h_total"] == pytest.approx(8.0) and sac["cpu_h_runs"] == 7 and sac["gpu_h_runs"] == 0
+    assert dime["gpu_h_per_run"] == pytest.approx(0.625) and dime["cpu_h_runs"] == 0
+    md = (tmp_path / "main_aggregate.md").read_text()
+    assert "| 1.14 CPU-h " in md and "| 8.00 CPU-h (7 runs) " in md and "| 5.00 GPU-h (8 runs) " in md
+    assert "CPU-h = hours x 2 CPU threads per job" in md
+    # Mixed devices list both units; the formatter keeps two or three significant digits.
+    mixed = pd.DataFrame({"wall_clock_s": [3600.0, 7200.0, None], "device": ["cuda", "cpu", "cpu"]})
+    assert make_tables.cost_cells(aggregate.compute_cost(mixed, threads=1)) == (
+        "1.00 GPU-h + 2.00 CPU-h",
+        "1.00 GPU-h (1 run) + 2.00 CPU-h (1 run)",
+    )
+    assert [make_tables.fmt_hours(h) for h in (0.00083, 0.047, 0.5, 2.345, 12.34, 1234.0)] == [
+        "0.00083", "0.047", "0.50", "2.35", "12.3", "1,234",
+    ]  # fmt: skip
+
+
+def test_plots_show_display_names_step_ticks_and_reference_lines(synthetic, monkeypatch):
+    _, study, _, stats = synthetic
+    # Drawn, not written to PNG and PDF (the workflow tests check the files): tick labels exist once drawn.
+    monkeypatch.setattr(make_plots, "_save", lambda fig, prefix, kind: fig.canvas.draw() or fig)
+    colors = make_plots.label_colors(study.labels)
+    figures = {plot.__name__: plot(stats, colors, Path("unused")) for plot in make_plots.PLOTS}
+    try:
+        curves = figures["learning_curves"].axes[0]
+        assert [t.get_text() for t in curves.get_legend().get_texts()] == ["DIME (4)", "SAC (3)"]
+        ticks = [t.get_text() for t in curves.get_xticklabels()]
+        assert {"0", "400", "800", "1k"} <= set(ticks) and curves.xaxis.get_offset_text().get_text() == ""
+        gym = figures["sample_efficiency"].axes[1]
+        assert "published SAC (1.0)" in [t.get_text() for t in gym.get_legend().get_texts()]
+        assert any(list(line.get_ydata()) == [1.0, 1.0] for line in gym.get_lines())
+        intervals = figures["interval_estimates"].axes[0]
+        assert [t.get_text() for t in intervals.get_yticklabels()] == ["DIME", "SAC"]
+        poi = figures["poi"].axes[0]
+        assert [t.get_text() for t in poi.get_yticklabels()] == ["P(DIME > SAC)", "P(DIME > DIPO (ours))"]
+        assert any(list(line.get_xdata()) == [0.5, 0.5] for line in poi.get_lines())
+        profiles = figures["performance_profiles"].axes[0]
+        assert [t.get_text() for t in profiles.get_legend().get_texts()] == ["DIME", "SAC"]
+    finally:
+        for figure in figures.values():
+            plt.close(figure)
+
+
+def test_every_registered_algorithm_has_a_display_name():
+    from dime.agents import ALGORITHMS
+
+    assert set(studylib.ALGORITHM_NAMES) == set(ALGORITHMS)
+    paper = studylib.load_study(REPO_ROOT / "config" / "studies" / "paper.yaml", check_registry=False)
+    assert [paper.names[label] for label in ("dime", "bro-fast", "diffusion-ql", "consistency-ac", "dime-gauss")] == [
+        "DIME", "BRO (Fast)", "Diffusion-QL", "Consistency-AC", "DIME-Gauss",
+    ]  # fmt: skip
+    assert paper.names["dime-alpha-1e-3"] == "DIME (α = 1e-3)" and len(set(paper.names.values())) == len(paper.names)
+
+
 # ------------------------------------------------------------------------------------------ the schema
 @pytest.mark.parametrize(
     ("change", "key"),
@@ -268,6 +360,7 @@ def test_tables_report_missing_seeds_and_bootstrap_settings(synthetic, tmp_path)
         (lambda s: s.update(focus="nobody"), "focus"),
         (lambda s: s["bootstrap"].update(reps="many"), "bootstrap.reps"),
         (lambda s: s["experiments"]["main"]["tasks"].append("gym/Pusher-v4"), "experiments.main.tasks[3]"),
+        (lambda s: s["algorithms"]["sac"].update(name="DIPO (ours)"), "algorithms.sac"),
     ],
 )
 def test_bad_studies_fail_with_one_line_naming_the_key(tmp_path, change, key):

@@ -26,6 +26,7 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "slurm")
 EXPERIMENT_TABLES = ("aggregate", "per_task", "poi")
 PLOT_KINDS = ("interval_estimates", "sample_efficiency", "learning_curves", "performance_profiles", "poi")
 SMOKE_CONFIG = ["--config", "study=smoke", f"reference_dir={REFERENCE_DIR}"]
+SMOKE_REPORT = ["--report", "results/smoke/report.html", "--config", f"reference_dir={REFERENCE_DIR}"]  # no study=
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -166,13 +167,31 @@ def test_smoke_study_end_to_end(smoke):
 
 
 def test_html_report_with_captions(smoke):
+    """The report's path names its study (no --config study=); the landing page shows the aggregate table, tables
+    render inline (tests/test_report.py), and a report of results produced here raises no warning."""
+    from tests.test_report import check_report
+
     report = smoke / "results" / "smoke" / "report.html"
-    ok(run_snakemake(smoke, "--report", str(report), *SMOKE_CONFIG, timeout=300))
+    output = ok(run_snakemake(smoke, *SMOKE_REPORT, timeout=300))
+    assert "Missing metadata" not in output and "not produced in this working directory" not in output
+    check_report(report, smoke / "results" / "smoke")
     html = report.read_text(errors="replace")
     assert len(html) > 100_000
     for caption in ("Per-suite aggregate of normalised scores", "Performance profiles", "Reproduction check"):
         assert caption in html, caption
     assert "main_interval_estimates.png" in html
+
+
+def test_report_of_results_produced_elsewhere(smoke, tmp_path):
+    """Committed or copied results: no Snakemake job records and no run directories here. The report holds every
+    table and plot, with one line saying where the results come from instead of a warning per output."""
+    from tests.test_report import check_report
+
+    work = tmp_path / "repo"
+    shutil.copytree(smoke, work, symlinks=True, ignore=shutil.ignore_patterns(".snakemake", "runs"))
+    output = ok(run_snakemake(work, *SMOKE_REPORT, timeout=300))
+    assert "Missing metadata" not in output and output.count("not produced in this working directory") == 1
+    check_report(work / "results" / "smoke" / "report.html", work / "results" / "smoke")
 
 
 def test_finished_runs_are_not_retrained(smoke, tmp_path):
@@ -204,7 +223,7 @@ def test_finished_runs_are_not_retrained(smoke, tmp_path):
     output = ok(run_snakemake(work, "--cores", "2", table, *SMOKE_CONFIG, "partial=true"))
     assert "rule train" not in output
     text = (work / table).read_text()
-    assert "1/2†" in text and "dime on gym/Pendulum-v1 (Gym): seed 1 missing" in text
+    assert "1/2†" in text and "DIME on gym/Pendulum-v1 (Gym): seed 1 missing" in text
 
 
 def test_killed_training_job_resumes_on_rerun(tmp_path):
@@ -313,7 +332,7 @@ def test_extension_adds_a_toy_algorithm_through_the_documented_path(smoke, tmp_p
     per_task = pd.read_csv(results / "tables" / "main_per_task.csv")
     toy = per_task[per_task["algorithm"] == "toy"]
     assert len(toy) == 2 and (toy["algo"] == "my_baselines.toy:ToyAgent").all() and (toy["seeds_found"] == 2).all()
-    assert "P(dime > toy)" in (results / "tables" / "main_poi.md").read_text()
+    assert "P(DIME > toy)" in (results / "tables" / "main_poi.md").read_text()
     assert "| toy " in (results / "tables" / "main_aggregate.md").read_text()
     assert set(pd.read_csv(results / "scores_long.csv")["algorithm"]) == {"dime", "sac", "toy"}
 

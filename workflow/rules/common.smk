@@ -1,6 +1,7 @@
 # Shared state of the workflow: validated config and study, output paths, GPU and SLURM site settings.
 # Logic lives in workflow/scripts/studylib.py (also used by the aggregation scripts and the tests).
 import functools
+import logging
 import os
 import shlex
 import shutil
@@ -30,14 +31,23 @@ for _key in ("partial", "reference_verify", "reference_required"):
     if isinstance(config.get(_key), str) and config[_key].lower() in ("true", "false"):
         config[_key] = config[_key].lower() == "true"
 
+# `snakemake --report results/<study>/report.html`: the report's path names its study (studylib.report_study).
+REPORT = studylib.report_request(sys.argv[1:])
+# Building a report (not running): it documents what exists, so runs never trained are not part of its DAG.
+REPORT_ONLY = REPORT is not None and not REPORT.after_run
+
 try:
     # Fills in the schema defaults in place, so report templates see them too.
     studylib.validate_schema(config, "configuration (config/config.yaml + --config)", studylib.CONFIG_SCHEMA_PATH, "config")
+    if REPORT is not None:
+        explicit = "study" in workflow.config_settings.overwrite_config
+        config["study"] = studylib.report_study(REPORT.path, config["results_dir"], str(config["study"]), explicit, REPO / "config")
     NORMALISATION_FILE = REPO / "config" / "normalisation.yaml"
     NORMALISATION = studylib.load_normalisation(NORMALISATION_FILE)
     STUDY_FILE = studylib.resolve_study_path(str(config["study"]), REPO / "config")
-    # Resolving task and algorithm names imports dime (torch); SLURM job steps re-parse this file and skip it.
-    STUDY = studylib.load_study(STUDY_FILE, NORMALISATION, check_registry=not workflow.remote_exec)
+    # Resolving task and algorithm names imports dime (torch); SLURM job steps re-parse this file and skip it, and
+    # so does a report, which runs nothing.
+    STUDY = studylib.load_study(STUDY_FILE, NORMALISATION, check_registry=not (workflow.remote_exec or REPORT_ONLY))
 except studylib.StudyError as error:
     _one_line_exit(str(error))
 
@@ -145,9 +155,9 @@ def summary_path(run):
 
 
 def collected_summaries(wildcards):
-    """Every run's summary.json; with partial=true only those that exist (nothing is trained)."""
+    """Every run's summary.json; with partial=true, or when building a report, only those that exist."""
     paths = [summary_path(run) for run in STUDY.runs.values()]
-    if config["partial"]:
+    if config["partial"] or REPORT_ONLY:
         paths = [p for p in paths if os.path.exists(p)]
     return paths
 
@@ -156,7 +166,7 @@ PLOT_KINDS = ["interval_estimates", "sample_efficiency", "learning_curves", "per
 
 
 def experiment_outputs(experiment):
-    tables = [f"{OUT}/tables/{experiment}_{k}.{ext}" for k in ("aggregate", "per_task", "poi") for ext in ("md", "tex", "csv")]
+    tables = [f"{OUT}/tables/{experiment}_{k}.{ext}" for k in ("aggregate", "per_task", "poi") for ext in ("md", "tex", "html", "csv")]
     plots = [f"{OUT}/plots/{experiment}_{k}.{ext}" for k in PLOT_KINDS for ext in ("png", "pdf")]
     return tables + plots
 
@@ -173,9 +183,43 @@ def plot_output(kind, title):
 
 
 def all_targets():
-    targets = [f"{OUT}/README.md", f"{OUT}/provenance.json", f"{OUT}/scores_long.csv"]
+    targets = [f"{OUT}/README.md", f"{OUT}/summary.html", f"{OUT}/provenance.json", f"{OUT}/scores_long.csv"]
     for experiment in EXPERIMENTS:
         targets += experiment_outputs(experiment)
     targets += [f"{OUT}/tables/reproduction.{ext}" for ext in ("md", "tex", "csv")]
     targets += [f"{OUT}/plots/reproduction_overlay.{ext}" for ext in ("png", "pdf")]
     return targets
+
+
+# ---------------------------------------------------------------------------------------------- report
+class _ResultsWithoutJobRecords(logging.Filter):
+    """Snakemake warns once per output it has no job record for ("Missing metadata"): outputs this working directory
+    did not produce, e.g. committed results in a fresh clone, or results copied from a cluster. The report still
+    holds every table and plot (and provenance.json every run's provenance); one line says so instead of one per file."""
+
+    seen = False
+
+    def filter(self, record):
+        if not str(record.msg).startswith("Missing metadata for file"):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg = (
+            f"Outputs of study {STUDY.name} were not produced in this working directory (Snakemake has no job records "
+            f"for them, e.g. committed or copied results): the report shows them without job runtimes; the runs' "
+            f"provenance is in {OUT}/provenance.json."
+        )
+        record.args = ()
+        return True
+
+
+if REPORT_ONLY:
+    _missing = [path for path in all_targets() if not os.path.exists(path)]
+    if _missing:
+        _one_line_exit(
+            f"cannot build the report of study {STUDY.name}: {len(_missing)} of its outputs are missing (e.g. "
+            f"{_missing[0]}); run `snakemake --cores all --config study={config['study']}` first "
+            "(with partial=true for a study whose runs are not all finished)"
+        )
+    logging.getLogger("snakemake.logging").addFilter(_ResultsWithoutJobRecords())

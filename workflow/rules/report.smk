@@ -1,5 +1,6 @@
-# Tables (Markdown, LaTeX, CSV) and plots (PNG, PDF) per experiment, an index README.md per study, and what
-# `snakemake --report results/<study>/report.html` shows (the report(...) outputs with their captions).
+# Tables (Markdown, LaTeX, HTML, CSV) and plots (PNG, PDF) per experiment, an index README.md per study, its
+# landing-page summary.html, and what `snakemake --report results/<study>/report.html` shows (the report(...) outputs
+# with their captions; the HTML tables render inline, workflow/report/workflow.rst embeds summary.html).
 
 
 localrules:
@@ -8,35 +9,29 @@ localrules:
     index,
 
 
+def table_output(kind, title):
+    """An HTML table of one experiment, shown inline in the report with its caption (workflow/report/<kind>_table.rst);
+    the CSV next to it has every number at full precision."""
+    return report(
+        f"{OUT}/tables/{{experiment}}_{kind}.html",
+        caption=f"../report/{kind}_table.rst",
+        category="{experiment}",
+        subcategory="Tables",
+        labels={"experiment": "{experiment}", "table": title},
+    )
+
+
 rule tables:
     input:
         stats=rules.aggregate.output,
         script=SCRIPTS / "make_tables.py",
     output:
-        multiext(f"{OUT}/tables/{{experiment}}_aggregate", ".md", ".tex"),
-        multiext(f"{OUT}/tables/{{experiment}}_per_task", ".md", ".tex"),
-        multiext(f"{OUT}/tables/{{experiment}}_poi", ".md", ".tex"),
-        report(
-            f"{OUT}/tables/{{experiment}}_aggregate.csv",
-            caption="../report/aggregate_table.rst",
-            category="{experiment}",
-            subcategory="Tables",
-            labels={"experiment": "{experiment}", "table": "per-suite aggregate"},
-        ),
-        report(
-            f"{OUT}/tables/{{experiment}}_per_task.csv",
-            caption="../report/per_task_table.rst",
-            category="{experiment}",
-            subcategory="Tables",
-            labels={"experiment": "{experiment}", "table": "per task"},
-        ),
-        report(
-            f"{OUT}/tables/{{experiment}}_poi.csv",
-            caption="../report/poi_table.rst",
-            category="{experiment}",
-            subcategory="Tables",
-            labels={"experiment": "{experiment}", "table": "probability of improvement"},
-        ),
+        multiext(f"{OUT}/tables/{{experiment}}_aggregate", ".md", ".tex", ".csv"),
+        multiext(f"{OUT}/tables/{{experiment}}_per_task", ".md", ".tex", ".csv"),
+        multiext(f"{OUT}/tables/{{experiment}}_poi", ".md", ".tex", ".csv"),
+        aggregate=table_output("aggregate", "per-suite aggregate and cost"),
+        per_task=table_output("per_task", "per task"),
+        poi=table_output("poi", "probability of improvement"),
     log:
         f"{OUT}/logs/tables_{{experiment}}.log",
     shell:
@@ -67,14 +62,23 @@ rule plots:
 rule index:
     input:
         outputs=[p for e in EXPERIMENTS for p in experiment_outputs(e)],
-        reproduction=rules.reproduction.output.tables,
+        stats=expand(f"{OUT}/stats/{{experiment}}.json", experiment=EXPERIMENTS),
+        reproduction=rules.reproduction.output,
+        status=rules.collect.output.status,
         manifest=rules.collect.output.manifest,
         study=STUDY_FILE,
         script=SCRIPTS / "write_index.py",
+        lib=[SCRIPTS / "make_tables.py", SCRIPTS / "aggregate.py"],
     output:
-        f"{OUT}/README.md",
+        readme=f"{OUT}/README.md",
+        landing=report(
+            f"{OUT}/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"page": "aggregate tables, cost, reproduction verdicts"},
+        ),
     log:
         f"{OUT}/logs/index.log",
     shell:
         "{PYTHON:q} {input.script:q} --study {input.study:q} --results {OUT:q} --manifest {input.manifest:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--out {output.readme:q} --landing {output.landing:q} > {log:q} 2>&1"

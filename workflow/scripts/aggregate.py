@@ -13,7 +13,8 @@ For every suite of the experiment and every algorithm label:
 * probability of improvement of the study's focus label over every other label, P(X > Y) averaged over the tasks
   both ran (Mann-Whitney U / (n_x n_y) per task);
 * performance profiles (fraction of runs x tasks with normalised score > τ) with CIs;
-* IQM sample-efficiency curves (normalised, aggregate) and per-task learning curves (raw) with CIs.
+* IQM sample-efficiency curves (normalised, aggregate) and per-task learning curves (raw) with CIs;
+* compute cost per label: GPU-h or CPU-h per run (mean) and in total, from every run's wall clock and device.
 
 The bootstrap is rliable's (``rly.get_interval_estimates`` / ``create_performance_profile``). rliable draws its
 resampling indices from the global ``np.random`` (its ``random_state`` argument is ignored), so ``np.random.seed`` is
@@ -45,6 +46,7 @@ NORMALISATION_TEXT = {
     "myo": "final-step success rate",
 }
 PROFILE_POINTS = 101
+COST_UNITS = ("GPU-h", "CPU-h")
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -118,6 +120,27 @@ def profile(
         confidence_interval_size=confidence,
     )
     return profiles["x"], cis["x"][0], cis["x"][1]
+
+
+def cost_unit(device: str) -> str:
+    return "GPU-h" if str(device).startswith("cuda") else "CPU-h"
+
+
+def compute_cost(status: pd.DataFrame, threads: int) -> dict[str, dict[str, float]]:
+    """Compute spent by the runs of ``status`` (rows of runs.csv) that recorded a wall clock, finished or failed.
+
+    A run's cost is its ``wall_clock_s`` (training and evaluation, summed over resumed segments) in hours on its
+    device: GPU-h on a GPU (one per job), CPU-h = hours x ``threads`` (the CPU threads the workflow gives a job) on
+    CPU. Returns, per unit present, the number of runs and the mean and total hours.
+    """
+    seconds = pd.to_numeric(status["wall_clock_s"], errors="coerce")
+    units = status["device"].map(cost_unit)
+    cost = {}
+    for unit in COST_UNITS:
+        hours = seconds[seconds.notna() & (units == unit)] / 3600 * (1 if unit == "GPU-h" else threads)
+        if len(hours):
+            cost[unit] = {"runs": len(hours), "mean": float(hours.mean()), "total": float(hours.sum())}
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- data shaping
@@ -204,9 +227,11 @@ def experiment_stats(
         "steps": exp.steps,
         "focus": study.focus,
         "labels": exp.labels,
+        "names": study.names,
         "algos": {label: study.data["algorithms"][label]["algo"] for label in exp.labels},
         "overrides": {label: study.data["algorithms"][label].get("set", {}) for label in exp.labels},
         "bootstrap": {**boot, "method": "percentile", "rliable": importlib.metadata.version("rliable")},
+        "threads": study.data["resources"]["threads"],
         "suites": {},
     }
     for suite in exp.suites():
@@ -221,6 +246,7 @@ def experiment_stats(
             "profiles": {},
             "curves": {},
             "task_curves": {},
+            "cost": {},
         }
         matrices: dict[str, np.ndarray] = {}
         selections: dict[str, dict[str, list[int]]] = {}
@@ -230,6 +256,7 @@ def experiment_stats(
                 continue
             per_task = _per_task(finals, label, covered, boot)
             block["per_task"][label] = per_task
+            block["cost"][label] = _cost(status, label, covered, exp.seeds, result["threads"])
             block["task_curves"][label] = _task_curves(rows, label, covered, finals, boot)
             block["aggregate"][label], selection = _aggregate_entry(finals, label, tasks, covered, boot)
             if selection is not None:
@@ -256,6 +283,11 @@ def experiment_stats(
         block["poi"] = _poi(finals, study.focus, exp, tasks, boot)
         result["suites"][suite] = block
     return result
+
+
+def _cost(status: pd.DataFrame, label: str, tasks: list[str], seeds: tuple[int, ...], threads: int) -> dict:
+    runs = status[(status["algorithm"] == label) & status["task"].isin(tasks) & status["seed"].isin(seeds)]
+    return compute_cost(runs, threads)
 
 
 def _first_seeds(finals: dict[tuple[str, str], dict[str, Any]], label: str, tasks: list[str], n: int) -> dict:

@@ -1,26 +1,33 @@
-"""Tables of one experiment in Markdown, LaTeX (booktabs) and CSV from its statistics (aggregate.py).
+"""Tables of one experiment in Markdown, LaTeX (booktabs), HTML and CSV from its statistics (aggregate.py).
 
     python workflow/scripts/make_tables.py --stats results/quick/stats/main.json --prefix results/quick/tables/main
 
-Writes ``<prefix>_{aggregate,per_task,poi}.{md,tex,csv}``. Cells read "IQM [lo, hi]"; every table states the
+Writes ``<prefix>_{aggregate,per_task,poi}.{md,tex,html,csv}``. Cells read "IQM [lo, hi]"; every table states the
 bootstrap replications, seed and confidence level in its caption (the CSV carries them as columns), and every
-missing or failed seed is listed under the table that lacks it.
+missing or failed seed is listed under the table that lacks it. Algorithms appear under their display names
+(studylib.display_name); the CSVs keep the study label too. The aggregate table carries each label's compute cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+import aggregate
 import pandas as pd
 import studylib
 
 METRIC_KEYS = {"IQM": "iqm", "Median": "median", "Mean": "mean", "Optimality gap": "optimality_gap"}
 DAGGER = "†"
+AGGREGATE_COST_SCOPE = (
+    "the label's runs on the suite's tasks in this experiment (a run shared with another experiment is trained once, "
+    "to the larger budget, and counted in both)"
+)
 
 
 def fmt(value: float | None, decimals: int) -> str:
@@ -59,32 +66,66 @@ def seeds_cell(found: int | None, expected: int) -> str:
     return f"{found}" if found == expected else f"{found}/{expected}{DAGGER}"
 
 
+def fmt_hours(hours: float) -> str:
+    """Hours with two or three significant digits: 0.00083, 0.047, 0.50, 2.35, 12.4, 1,234."""
+    if hours >= 100:
+        return f"{hours:,.0f}"
+    if hours >= 10:
+        return f"{hours:.1f}"
+    if hours >= 1:
+        return f"{hours:.2f}"
+    return f"{hours:#.2g}" if hours > 0 else "0"
+
+
+def cost_cells(cost: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """("mean per run", "total (runs)") of aggregate.compute_cost, one term per unit: "0.047 CPU-h", ..."""
+    if not cost:
+        return "—", "—"
+    per_run = " + ".join(f"{fmt_hours(c['mean'])} {unit}" for unit, c in cost.items())
+    total = " + ".join(
+        f"{fmt_hours(c['total'])} {unit} ({c['runs']} run{'s' * (c['runs'] != 1)})" for unit, c in cost.items()
+    )
+    return per_run, total
+
+
+def cost_sentence(threads: int, over: str) -> str:
+    """What the cost columns mean; ``over`` says which runs the total covers."""
+    return (
+        "Cost: wall-clock hours of training and evaluation per run (summary.json wall_clock_s) on its device, GPU-h "
+        f"on a GPU, CPU-h = hours x {threads} CPU thread{'s' * (threads > 1)} per job on CPU; mean per run and total "
+        f"over {over}; finished and failed runs count."
+    )
+
+
 def _absent_notes(stats: dict[str, Any]) -> list[str]:
-    notes = []
+    names, notes = stats["names"], []
     for suite, block in stats["suites"].items():
         for label, tasks in block["per_task"].items():
             for task, entry in tasks.items():
                 for seed, why in entry["absent"].items():
-                    notes.append(f"{DAGGER} {label} on {task} ({studylib.SUITE_TITLES[suite]}): seed {seed} {why}.")
+                    notes.append(
+                        f"{DAGGER} {names[label]} on {task} ({studylib.SUITE_TITLES[suite]}): seed {seed} {why}."
+                    )
     return notes
 
 
 # ---------------------------------------------------------------------------------------------- tables
 def aggregate_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str, list[str]]:
-    boot = stats["bootstrap"]
+    boot, names = stats["bootstrap"], stats["names"]
     shown, machine, notes = [], [], []
     for suite, block in stats["suites"].items():
         for label, entry in block["aggregate"].items():
             metrics = entry["metrics"]
             row = {
                 "Suite": studylib.SUITE_TITLES[suite],
-                "Algorithm": label,
+                "Algorithm": names[label],
                 "Tasks": f"{entry['tasks_covered']}/{entry['tasks_total']}",
                 "Seeds": seeds_cell(entry["runs_per_task"], entry["seeds_expected"]),
             }
             record: dict[str, Any] = {
                 "suite": suite,
                 "algorithm": label,
+                "name": names[label],
                 "algo": stats["algos"][label],
                 "tasks_covered": entry["tasks_covered"],
                 "tasks_total": entry["tasks_total"],
@@ -96,9 +137,17 @@ def aggregate_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, 
                 row[name] = fmt_ci(triple, 3)
                 record[key], record[f"{key}_lo"], record[f"{key}_hi"] = triple
                 record[f"{key}_ci"] = row[name]
+            cost = block["cost"][label]
+            row["Cost per run"], row["Total cost"] = cost_cells(cost)
+            for unit in aggregate.COST_UNITS:
+                column = unit.lower().replace("-", "_")
+                spent = cost.get(unit, {})
+                record[f"{column}_runs"] = spent.get("runs", 0)
+                record[f"{column}_per_run"] = spent.get("mean")
+                record[f"{column}_total"] = spent.get("total")
             record["note"] = entry["note"]
             if entry["note"]:
-                notes.append(f"{label} ({studylib.SUITE_TITLES[suite]}): {entry['note']}.")
+                notes.append(f"{names[label]} ({studylib.SUITE_TITLES[suite]}): {entry['note']}.")
             shown.append(row)
             machine.append(record)
     caption = (
@@ -107,13 +156,13 @@ def aggregate_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, 
         "runs x tasks; Median and Mean: of per-task means; Optimality gap: mean shortfall below 1 (gamma = 1). "
         "Normalisation: DMC return/1000; Gym (R - R_random)/(R_SAC - R_random) (config/normalisation.yaml); "
         "MyoSuite final-step success rate. Seeds: runs per task used (/expected when some are missing); Tasks: "
-        "covered/in suite."
+        f"covered/in suite. {cost_sentence(stats['threads'], AGGREGATE_COST_SCOPE)}"
     )
     return pd.DataFrame(shown), _with_bootstrap(pd.DataFrame(machine), stats, "reps"), caption, notes
 
 
 def per_task_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str, list[str]]:
-    boot = stats["bootstrap"]
+    boot, names = stats["bootstrap"], stats["names"]
     shown, machine = [], []
     for suite, block in stats["suites"].items():
         metric = block["metric"]
@@ -126,7 +175,7 @@ def per_task_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, s
                     {
                         "Suite": studylib.SUITE_TITLES[suite],
                         "Task": task,
-                        "Algorithm": label,
+                        "Algorithm": names[label],
                         "Seeds": seeds_cell(entry["seeds_found"], entry["seeds_expected"]),
                         f"IQM {metric}": fmt_ci(entry["iqm"], decimals),
                         "Mean": fmt(entry["mean"], decimals),
@@ -138,6 +187,7 @@ def per_task_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, s
                         "suite": suite,
                         "task": task,
                         "algorithm": label,
+                        "name": names[label],
                         "algo": stats["algos"][label],
                         "metric": metric,
                         "seeds_found": entry["seeds_found"],
@@ -167,14 +217,14 @@ def per_task_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, s
 
 
 def poi_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str, list[str]]:
-    boot, focus = stats["bootstrap"], stats["focus"]
+    boot, focus, names = stats["bootstrap"], stats["focus"], stats["names"]
     shown, machine = [], []
     for suite, block in stats["suites"].items():
         for label, entry in block["poi"].items():
             shown.append(
                 {
                     "Suite": studylib.SUITE_TITLES[suite],
-                    "Comparison": f"P({focus} > {label})",
+                    "Comparison": f"P({names[focus]} > {names[label]})",
                     "Tasks": len(entry["tasks"]),
                     "Runs": f"{entry['runs'][0]} vs {entry['runs'][1]}",
                     "Probability of improvement": fmt_ci(entry["value"], 3),
@@ -185,6 +235,8 @@ def poi_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str, l
                     "suite": suite,
                     "x": focus,
                     "y": label,
+                    "x_name": names[focus],
+                    "y_name": names[label],
                     "tasks": " ".join(entry["tasks"]),
                     "runs_x": entry["runs"][0],
                     "runs_y": entry["runs"][1],
@@ -195,12 +247,12 @@ def poi_table(stats: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str, l
                 }
             )
     caption = (
-        f"{stats['title']} ({stats['study']} study): probability of improvement P({focus} > Y), the chance that a "
-        f"run of {focus} scores higher than a run of Y on a task (ties count half; Mann-Whitney U / (n_x n_y)), "
-        f"averaged over the tasks both ran, at the last evaluation at or before {stats['steps']:,} env steps. "
-        f"{bootstrap_sentence(boot, 'poi_reps')} Values above 0.5 favour {focus}."
+        f"{stats['title']} ({stats['study']} study): probability of improvement P({names[focus]} > Y), the chance "
+        f"that a run of {names[focus]} scores higher than a run of Y on a task (ties count half; Mann-Whitney U / "
+        f"(n_x n_y)), averaged over the tasks both ran, at the last evaluation at or before {stats['steps']:,} env "
+        f"steps. {bootstrap_sentence(boot, 'poi_reps')} Values above 0.5 favour {names[focus]}."
     )
-    notes = [] if shown else [f"No comparison: {focus} is not part of this experiment or has no finished run."]
+    notes = [] if shown else [f"No comparison: {names[focus]} is not part of this experiment or has no finished run."]
     return pd.DataFrame(shown), _with_bootstrap(pd.DataFrame(machine), stats, "poi_reps"), caption, notes
 
 
@@ -228,7 +280,8 @@ _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 
 def latex_escape(text: str) -> str:
     text = re.sub(r"[&%$#_{}~]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
-    return text.replace(DAGGER, r"\textsuperscript{\dag}").replace("—", "--").replace("γ", r"$\gamma$")
+    text = text.replace(DAGGER, r"\textsuperscript{\dag}").replace("—", "--")
+    return text.replace("γ", r"$\gamma$").replace("α", r"$\alpha$")
 
 
 def to_latex(frame: pd.DataFrame, caption: str, notes: list[str], label: str) -> str:
@@ -246,6 +299,37 @@ def to_latex(frame: pd.DataFrame, caption: str, notes: list[str], label: str) ->
     return latex
 
 
+HTML_STYLE = """<style>
+.dime-table { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; font-size: 13px;
+              margin: 0 0 1.6em 0; color: #1f2328; }
+.dime-table table { border-collapse: collapse; margin: 0.5em 0; }
+.dime-table th, .dime-table td { padding: 3px 10px; border-bottom: 1px solid #d8dee4; white-space: nowrap;
+                                 text-align: left; }
+.dime-table thead th { border-bottom: 2px solid #57606a; }
+.dime-table tbody tr:nth-child(even) { background: #f6f8fa; }
+.dime-caption, .dime-notes { color: #57606a; max-width: 75em; margin: 0.3em 0; }
+</style>"""
+
+
+def to_html(frame: pd.DataFrame, caption: str, notes: list[str]) -> str:
+    """The table as an HTML fragment: a ``div.dime-table`` with the caption, the table and the notes under it.
+
+    Styled by :data:`HTML_STYLE`; :func:`html_page` makes it a page (the report shows ``.html`` outputs inline).
+    """
+    table = frame.to_html(index=False, border=0, na_rep="") if not frame.empty else "<p><em>(no rows)</em></p>"
+    parts = ['<div class="dime-table">', f'<p class="dime-caption">{html.escape(caption)}</p>', table]
+    if notes:
+        parts.append('<ul class="dime-notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join([*parts, "</div>"])
+
+
+def html_page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"{HTML_STYLE}\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
 def write_tables(stats: dict[str, Any], prefix: str | Path) -> list[Path]:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -256,8 +340,9 @@ def write_tables(stats: dict[str, Any], prefix: str | Path) -> list[Path]:
         label = f"tab:{stats['study']}-{stats['experiment']}-{kind}".replace("_", "-")
         Path(f"{base}.md").write_text(to_markdown(shown, caption, notes))
         Path(f"{base}.tex").write_text(to_latex(shown, caption, notes, label))
+        Path(f"{base}.html").write_text(html_page(caption.split(":")[0], to_html(shown, caption, notes)))
         machine.to_csv(f"{base}.csv", index=False)
-        written += [Path(f"{base}.{ext}") for ext in ("md", "tex", "csv")]
+        written += [Path(f"{base}.{ext}") for ext in ("md", "tex", "html", "csv")]
     return written
 
 

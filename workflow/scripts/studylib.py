@@ -27,6 +27,22 @@ SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "study.schema.yaml"
 CONFIG_SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "config.schema.yaml"
 SUITES = ("dmc", "gym", "myo")
 SUITE_TITLES = {"dmc": "DeepMind Control", "gym": "Gym", "myo": "MyoSuite"}
+#: How tables and plots name the registered algorithms (dime.agents.ALGORITHMS). Kept here rather than next to the
+#: registry so that the aggregation scripts need no torch; a study label may set its own ``name:``.
+ALGORITHM_NAMES = {
+    "dime": "DIME",
+    "dime-gauss": "DIME-Gauss",
+    "sac": "SAC",
+    "crossq": "CrossQ",
+    "bro": "BRO",
+    "bro-fast": "BRO (Fast)",
+    "qsm": "QSM",
+    "diffusion-ql": "Diffusion-QL",
+    "consistency-ac": "Consistency-AC",
+    "dipo": "DIPO",
+    "qvpo": "QVPO",
+    "dacer": "DACER",
+}
 
 
 class StudyError(ValueError):
@@ -89,6 +105,11 @@ class Study:
         return list(self.data["algorithms"])
 
     @property
+    def names(self) -> dict[str, str]:
+        """Label -> the name tables and plots show (see :func:`display_name`)."""
+        return {label: display_name(label, spec) for label, spec in self.data["algorithms"].items()}
+
+    @property
     def focus(self) -> str:
         return self.data["focus"]
 
@@ -107,6 +128,14 @@ def display_path(path: str | Path) -> str:
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
+def display_name(label: str, spec: dict[str, Any]) -> str:
+    """A label's ``name:``; else its algorithm's name when the label is the algorithm's registered name (``crossq``
+    -> CrossQ); else the label itself (e.g. an ablation ``dime-alpha-1e-3`` without a ``name:``)."""
+    if "name" in spec:
+        return spec["name"]
+    return ALGORITHM_NAMES.get(label, label) if label == spec["algo"] else label
+
+
 def suite_of(task: str) -> str:
     return task.split("/", 1)[0]
 
@@ -116,6 +145,56 @@ def resolve_study_path(study: str, config_dir: str | Path) -> Path:
     if study.endswith((".yaml", ".yml")):
         return Path(study)
     return Path(config_dir) / "studies" / f"{study}.yaml"
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """``snakemake --report PATH`` on the command line; ``after_run`` with ``--report-after-run``."""
+
+    path: str
+    after_run: bool
+
+
+def report_request(argv: list[str]) -> ReportRequest | None:
+    """The ``--report`` of a snakemake command line (``--report PATH``, ``--report=PATH``, or bare ``--report``,
+    which Snakemake writes to report.html), or None."""
+    for index, arg in enumerate(argv):
+        if arg.startswith("--report="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--report":
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            path = following if following and not following.startswith("-") else "report.html"
+        else:
+            continue
+        return ReportRequest(path, "--report-after-run" in argv)
+    return None
+
+
+def report_study(report: str, results_dir: str, study: str, explicit: bool, config_dir: str | Path) -> str:
+    """The study a report at ``report`` documents (``<results_dir>/<study>/...``): the path's study when the command
+    line names none, ``study`` when it names the same one; a report outside ``results_dir`` keeps ``study``.
+    A path whose study differs from ``--config study=...``, or is not a study under config/studies/, raises
+    :class:`StudyError` with one line."""
+    inside = Path(os.path.abspath(report))
+    results = Path(os.path.abspath(results_dir))
+    if not inside.is_relative_to(results) or len(inside.relative_to(results).parts) < 2:
+        return study
+    name = inside.relative_to(results).parts[0]
+    if explicit:
+        chosen = resolve_study_path(study, config_dir).stem
+        if chosen != name:
+            raise StudyError(
+                f"--report {report} lies in the results of study '{name}' but --config study={study} reports study "
+                f"'{chosen}': drop --config study, or write the report to {results_dir}/{chosen}/"
+            )
+        return study
+    if not resolve_study_path(name, config_dir).is_file():
+        known = ", ".join(sorted(p.stem for p in (Path(config_dir) / "studies").glob("*.yaml")))
+        raise StudyError(
+            f"--report {report}: '{name}' is not a study under config/studies/ ({known}); "
+            "name the study with --config study=<name or path to its YAML>"
+        )
+    return name
 
 
 def _key_path(parts: list[Any]) -> str:
@@ -200,6 +279,15 @@ def load_study(
         raise StudyError(
             f"invalid study {source}: key 'focus': label {data['focus']!r} is not defined under algorithms"
         )
+    shown: dict[str, str] = {}
+    for label, spec in algorithms.items():
+        name = display_name(label, spec)
+        if name in shown:
+            raise StudyError(
+                f"invalid study {source}: key 'algorithms.{label}': its display name {name!r} is also label "
+                f"{shown[name]!r}'s; give one of them a distinct name:"
+            )
+        shown[name] = label
     if check_registry:
         _check_registry(data, source, normalisation)
 
