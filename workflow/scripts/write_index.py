@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -39,16 +40,31 @@ def index(study: studylib.Study, results: Path, manifest: dict) -> str:
         "PDF versions of every plot in [`plots/`](plots/).",
         "",
     ]
+    lines += reproduction_summary(results)
     for exp in study.experiments:
         lines += [f"## {exp.title}", ""]
         for kind in ("aggregate", "per_task", "poi"):
             lines += [(results / "tables" / f"{exp.name}_{kind}.md").read_text().strip(), ""]
         for kind, title in PLOTS:
             lines += [f"![{title}](plots/{exp.name}_{kind}.png)", ""]
-    lines += ["## Reproduction check against the authors' released curves", ""]
-    lines += [(results / "tables" / "reproduction.md").read_text().strip(), ""]
-    lines += ["![Reproduction overlay](plots/reproduction_overlay.png)", ""]
+    lines += reproduction_details(results)
     return "\n".join(lines)
+
+
+def reproduction_summary(results: Path) -> list[str]:
+    """The verdicts (labels x tasks) near the top, so a reader sees at a glance which numbers reproduce."""
+    summary = (results / "tables" / "reproduction_summary.md").read_text().strip()
+    return [summary, "", "Details: [Reproduction check](#reproduction-check-against-published-curves).", ""]
+
+
+def reproduction_details(results: Path) -> list[str]:
+    """The per-(label, task) table with its protocol notes and one overlay plot per checked label."""
+    with (results / "tables" / "reproduction_summary.csv").open(newline="") as handle:
+        labels = list(dict.fromkeys(row["label"] for row in csv.DictReader(handle)))
+    lines = ["## Reproduction check against published curves", ""]
+    lines += [(results / "tables" / "reproduction.md").read_text().strip(), ""]
+    lines += [f"![Reproduction check: {label}](plots/reproduction_{label}.png)" for label in labels]
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> None:
