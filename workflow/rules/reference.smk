@@ -42,5 +42,5 @@ rule fetch_reference:
         f"{OUT}/logs/fetch_reference.log",
     shell:
         "{PYTHON:q} {input.script:q} --reference-config {input.reference:q} --study {input.study:q} "
-        "--cache {REFERENCE_CACHE:q} --out {output:q} --reference-dir {params.reference_dir:q} "
-        "--mirror {params.mirror:q} {params.required} 2>&1 | tee {log:q} >&2"
+        "--cache {REFERENCE_CACHE:q} --out {output:q} --reference-dir={params.reference_dir:q} "
+        "--mirror={params.mirror:q} {params.required} 2>&1 | tee {log:q} >&2"

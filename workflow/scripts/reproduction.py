@@ -301,9 +301,8 @@ def summary_markdown(checks: list[Check], study: studylib.Study) -> str:
     frame = pd.DataFrame([{"Label": label, **{t: row.get(t, "—") for t in tasks}} for label, row in matrix.items()])
     return (
         f"{title}\n\n{frame.to_markdown(index=False)}\n\n"
-        "Verdicts: consistent / lower / higher / too early; details and protocol notes in "
-        "[`reproduction.md`](reproduction.md), every matched step in "
-        "[`reproduction_steps.csv`](reproduction_steps.csv).\n"
+        "Verdicts: consistent / lower / higher / too early; details and protocol notes in `tables/reproduction.md`, "
+        "every matched step in `tables/reproduction_steps.csv`.\n"
     )
 
 
@@ -341,20 +340,16 @@ def overlay_plot(path_prefix: Path, label: str, checks: list[Check], study: stud
         for ax, check in zip(axes.flat, drawn, strict=False):
             steps, point, lo, hi = check.plot["ours"]
             ref_steps, ref_point, ref_lo, ref_hi = check.plot["theirs"]
+            # Up to our last step and the published point right after it, so the y range fits what is compared.
+            after = ref_steps[ref_steps >= steps[-1]]
+            shown = ref_steps <= (after[0] if after.size else ref_steps[-1])
             source = reference["sources"][check.source]["name"]
-            ax.plot(
-                ref_steps,
-                ref_point,
-                color="black",
-                linestyle="--",
-                linewidth=1.4,
-                label=f"{source} ({check.seeds_reference})",
-            )
-            ax.fill_between(ref_steps, ref_lo, ref_hi, color="black", alpha=0.12)
+            ax.plot(ref_steps[shown], ref_point[shown], color="black", linestyle="--", linewidth=1.4,
+                    label=f"{source} ({check.seeds_reference})")  # fmt: skip
+            ax.fill_between(ref_steps[shown], ref_lo[shown], ref_hi[shown], color="black", alpha=0.12)
             ax.plot(steps, point, color=color, linewidth=1.8, label=f"ours ({check.seeds_ours})")
             ax.fill_between(steps, lo, hi, color=color, alpha=0.25)
-            beyond = ref_steps[ref_steps >= steps[-1]]
-            ax.set_xlim(0, max(int(steps[-1]), int(beyond[0]) if beyond.size else int(ref_steps[-1])) * 1.03)
+            ax.set_xlim(0, max(int(steps[-1]), int(ref_steps[shown][-1])) * 1.03)
             ax.set_title(f"{check.task}: {check.verdict}", fontsize=10)
             metric = "success rate" if studylib.suite_of(check.task) == "myo" else "return"
             ax.set_ylabel(f"IQM {metric}" + (f" ({check.column})" if check.column != "score" else ""))
@@ -363,9 +358,9 @@ def overlay_plot(path_prefix: Path, label: str, checks: list[Check], study: stud
             ax.grid(True, alpha=0.25)
             ax.legend(fontsize=7)
         fig.suptitle(
-            f"Reproduction check ({study.name} study): {name} against published curves "
-            f"(IQM, {study.bootstrap['confidence']:.0%} CIs; seeds in parentheses)",
-            fontsize=10,
+            f"{name} against published curves ({study.name} study)\n"
+            f"IQM over seeds with {study.bootstrap['confidence']:.0%} CIs; seeds in parentheses",
+            fontsize=9,
         )
         fig.tight_layout()
     fig.savefig(f"{path_prefix}.png", dpi=150, bbox_inches="tight")
