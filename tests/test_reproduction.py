@@ -228,6 +228,27 @@ def test_the_authors_own_seeds_are_consistent_and_a_shifted_copy_lower(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- the data itself
+def test_study_labels_map_to_sources_and_the_files_they_need():
+    """Defaults: dime, bro, bro-fast, crossq, sac -> the source of that name. The paper study needs DIME's 13 task
+    folders (two files each) and three SimbaV2 files; the quick study's tasks have no published curve at all."""
+    paper = studylib.load_study(REPO_ROOT / "config" / "studies" / "paper.yaml", check_registry=False)
+    checked = reference_data.checked_labels(paper, REFERENCE)
+    assert checked == {"dime": "dime", "bro": "bro", "bro-fast": "bro-fast", "crossq": "crossq"}
+    files = [f.relative for f in reference_data.needed_files(paper, REFERENCE)]
+    assert len(files) == 13 * 2 + 3 and len(set(files)) == len(files)
+    assert {f for f in files if f.startswith("simbav2")} == {
+        f"simbav2_baselines/{n}" for n in ("bro_utd10.csv", "bro_utd2.csv", "crossq.csv")
+    }
+    assert reference_data.overlay_labels(paper, REFERENCE) == list(checked)
+    quick = studylib.load_study(REPO_ROOT / "config" / "studies" / "quick.yaml", check_registry=False)
+    assert reference_data.checked_labels(quick, REFERENCE) == {"dime": "dime", "sac": "sac", "crossq": "crossq"}
+    assert reference_data.needed_files(quick, REFERENCE) == [] and reference_data.overlay_labels(quick, REFERENCE) == []
+
+    quick.data["reproduction"]["references"]["sac"] = "td3"
+    with pytest.raises(studylib.StudyError, match=r"key 'reproduction.references.sac': unknown reference source 'td3'"):
+        reference_data.checked_labels(quick, REFERENCE)
+
+
 def test_every_mapped_task_is_a_task_of_this_suite(monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "disable")
     from dime.tasks import registry

@@ -10,7 +10,8 @@ REFERENCE_CACHE = os.path.relpath(REPO / "resources" / "reference")
 
 try:
     REFERENCE = reference_data.load_reference_config(REFERENCE_CONFIG)
-    REPRODUCTION_LABELS = list(reference_data.checked_labels(STUDY, REFERENCE))
+    # The labels that get an overlay plot: checked, and running a task that their source has a curve for.
+    REPRODUCTION_LABELS = reference_data.overlay_labels(STUDY, REFERENCE)
 except studylib.StudyError as error:
     _one_line_exit(str(error))
 

@@ -123,6 +123,15 @@ def checked_labels(study: studylib.Study, reference: dict[str, Any]) -> dict[str
     return {label: mapping[label] for label in study.labels if mapping.get(label)}
 
 
+def overlay_labels(study: studylib.Study, reference: dict[str, Any]) -> list[str]:
+    """The checked labels that run at least one task their source has a curve for: each gets an overlay plot."""
+    return [
+        label
+        for label, source in checked_labels(study, reference).items()
+        if any(task in reference["sources"][source]["tasks"] for task in label_tasks(study, label))
+    ]
+
+
 def label_tasks(study: studylib.Study, label: str) -> list[str]:
     """The tasks a label runs on, in study order."""
     return list(dict.fromkeys(run.task for run in study.runs.values() if run.label == label))

@@ -21,7 +21,8 @@ the manifest of workflow/scripts/reference_data.py lists. For every (label, task
 
 Outputs: ``tables/reproduction.{md,tex,csv}`` (one row per (label, task), protocol notes under it),
 ``tables/reproduction_summary.{md,csv}`` (verdicts, labels x tasks; CSV columns label, display_name, task, source,
-verdict, step), ``tables/reproduction_steps.csv`` and ``plots/reproduction_<label>.{png,pdf}`` (overlays per label).
+verdict, step), ``tables/reproduction_steps.csv`` and ``plots/reproduction_<label>.{png,pdf}`` (an overlay per label
+that runs a task with a published curve).
 """
 
 from __future__ import annotations
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     except studylib.StudyError as error:
         sys.exit(f"reproduction check: {error}")
     write_tables(Path(args.tables), checks, study, reference)
-    for label in reference_data.checked_labels(study, reference):
+    for label in reference_data.overlay_labels(study, reference):
         overlay_plot(
             Path(args.plots) / f"reproduction_{label}", label, [c for c in checks if c.label == label], study, reference
         )

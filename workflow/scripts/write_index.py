@@ -60,7 +60,9 @@ def reproduction_summary(results: Path) -> list[str]:
 def reproduction_details(results: Path) -> list[str]:
     """The per-(label, task) table with its protocol notes and one overlay plot per checked label."""
     with (results / "tables" / "reproduction_summary.csv").open(newline="") as handle:
-        labels = list(dict.fromkeys(row["label"] for row in csv.DictReader(handle)))
+        rows = list(csv.DictReader(handle))
+    # Labels with a published curve for at least one of their tasks have an overlay (reference_data.overlay_labels).
+    labels = list(dict.fromkeys(r["label"] for r in rows if r["verdict"] != "no published curve"))
     lines = ["## Reproduction check against published curves", ""]
     lines += [(results / "tables" / "reproduction.md").read_text().strip(), ""]
     lines += [f"![Reproduction check: {label}](plots/reproduction_{label}.png)" for label in labels]
