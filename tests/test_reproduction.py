@@ -283,6 +283,7 @@ class ReferenceServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: Counter[str] = Counter()
         self.replaced: dict[str, bytes] = {}  # file name -> bytes served instead (a tampered upload)
+        self.failures: Counter[str] = Counter()  # file name -> how many more requests get HTTP 503
         self.roots = {
             urllib.parse.urlsplit(r["base_url"]).path + "/": REFERENCE_ROOT / r["folder"]
             for r in REFERENCE["repositories"].values()
@@ -299,8 +300,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.requests[self.path] += 1
         for prefix, root in self.server.roots.items():
-            if self.path.startswith(prefix) and (root / self.path.removeprefix(prefix)).is_file():
-                name = self.path.removeprefix(prefix)
+            name = self.path.removeprefix(prefix)
+            if self.path.startswith(prefix) and self.server.failures[name] > 0:
+                self.server.failures[name] -= 1
+                self.send_error(503)
+                return
+            if self.path.startswith(prefix) and (name in self.server.replaced or (root / name).is_file()):
                 body = self.server.replaced.get(name) or (root / name).read_bytes()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -321,6 +326,37 @@ def reference_server():
     yield server
     server.shutdown()
     server.server_close()
+
+
+def test_downloads_retry_transient_failures_but_not_a_missing_file_or_a_silent_host(
+    reference_server, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(reference_data, "BACKOFF_S", (0.0, 0.0))
+    repository = REFERENCE["repositories"]["simbav2"]
+
+    def published(name: str, body: bytes) -> reference_data.ReferenceFile:
+        digest = hashlib.sha256(body).hexdigest()
+        return reference_data.ReferenceFile(name, f"{repository['base_url']}/{name}", digest, repository["folder"])
+
+    reference_server.replaced["flaky.csv"] = b"published curve"
+    reference_server.failures["flaky.csv"] = 2
+    flaky, missing = published("flaky.csv", b"published curve"), published("missing.csv", b"")
+    cache = tmp_path / "cache"
+    manifest = reference_data.fetch([flaky, missing], REFERENCE["host"], cache, mirror=reference_server.url)
+    got, lost = manifest["files"]
+    assert got["status"] == "downloaded"
+    assert (cache / "simbav2_baselines" / "flaky.csv").read_bytes() == b"published curve"
+    assert lost["status"] == "failed" and "HTTP 404" in lost["error"]
+    assert f"{reference_server.url}/dojeon-ai/SimbaV2/" in lost["error"]
+    assert sorted(reference_server.requests.values()) == [1, 3]  # 404 is final; two 503s, then the file
+
+    # A host that does not answer: the first file fails after every attempt, the rest are not tried (one reason).
+    manifest = reference_data.fetch([missing, flaky], REFERENCE["host"], tmp_path / "c2", mirror="http://127.0.0.1:9")
+    first, second = (e["error"] for e in manifest["files"])
+    assert "missing.csv" in first and f"after {reference_data.ATTEMPTS} attempts" in first
+    assert second == "reference files not downloaded: 127.0.0.1:9 did not answer (for simbav2_baselines/missing.csv)"
+    assert reference_data.failure_lines(manifest) == [first, second]
+    assert not list(tmp_path.rglob("*.part"))
 
 
 def write_run(run_dir: Path, task: str, steps: list[int], returns: list[float]) -> None:

@@ -231,7 +231,10 @@ def fetch_file(file: ReferenceFile, cache: Path, url: str) -> tuple[Path, str]:
             f"reference file {file.relative} downloaded from {url} has SHA-256 {digest[:16]}... instead of the pinned "
             f"{file.sha256[:16]}... (config/reference.yaml): rejected, not stored"
         )
-    atomic_write(target, data)
+    try:
+        atomic_write(target, data)
+    except OSError as error:
+        raise ReferenceDataError(f"reference file {file.relative}: cannot write {target}: {error.strerror}") from None
     return target, "downloaded"
 
 
@@ -266,14 +269,14 @@ def fetch(
                     raise ReferenceDataError(f"reference_dir {reference_dir} does not exist (config/config.yaml)")
                 path, status = verify_local(file, reference_dir), "verified"
             elif unreachable is not None:
-                raise ReferenceDataError(
-                    f"reference file {file.relative}: not downloaded from {url}: {unreachable} did not answer"
-                )
+                raise ReferenceDataError(unreachable)
             else:
                 path, status = fetch_file(file, cache, url)
             entry.update(status=status, path=str(path))
         except _Unreachable as error:
-            unreachable = urllib.parse.urlsplit(url).netloc
+            # The same line for every file not attempted, so the outputs list the reason once.
+            host_name = urllib.parse.urlsplit(url).netloc
+            unreachable = f"reference files not downloaded: {host_name} did not answer (for {file.relative})"
             entry.update(status="failed", error=str(error))
         except ReferenceDataError as error:
             entry.update(status="failed", error=str(error))
@@ -371,10 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none needed"
     print(f"reference files for the {study.name} study ({manifest['origin']}, {manifest['location']}): {summary}")
     failures = failure_lines(manifest)
+    if failures and args.required:
+        more = f" (and {len(failures) - 1} more in {args.out})" if len(failures) > 1 else ""
+        sys.exit(f"reference_required: {failures[0]}{more}")
     for line in failures:
         print(line, file=sys.stderr)
-    if failures and args.required:
-        sys.exit(f"reference_required: {len(failures)} reference file problem(s), the first: {failures[0]}")
 
 
 if __name__ == "__main__":
