@@ -321,7 +321,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def reference_server():
     server = ReferenceServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()

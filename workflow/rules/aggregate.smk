@@ -52,7 +52,10 @@ rule reproduction:
         reference=REFERENCE_CONFIG,
         files=rules.fetch_reference.output,
         script=SCRIPTS / "reproduction.py",
-        lib=[SCRIPTS / n for n in ("reference_data.py", "aggregate.py", "make_plots.py", "make_tables.py")],
+        lib=[
+            SCRIPTS / name
+            for name in ("reference_data.py", "studylib.py", "aggregate.py", "make_plots.py", "make_tables.py")
+        ],
     output:
         tables=multiext(f"{OUT}/tables/reproduction", ".md", ".tex"),
         csv=report(
