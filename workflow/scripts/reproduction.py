@@ -223,7 +223,9 @@ def caption(study: studylib.Study) -> str:
         f"[{boot['confidence']:.0%} CI] (seeds), percentile stratified bootstrap, {boot['reps']:,} replications "
         f"(curve points: {boot['curve_reps']:,}), np.random.seed({boot['seed']}) before every call. Overlap: matched "
         f"steps from {min_step:,} on whose CIs overlap. Verdict: consistent (CIs overlap), lower / higher (disjoint), "
-        f"too early (before {min_step:,} steps, or our runs end before the published curve starts)."
+        f"too early (before {min_step:,} steps, or our runs end before the published curve starts). Our points follow "
+        "each algorithm's own evaluation protocol (eval_episodes, default 5; eval_deterministic); the published "
+        "protocols are in the notes."
     )
 
 
