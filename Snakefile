@@ -1,7 +1,7 @@
 # The DIME reproducibility study.
 #
 #   snakemake --cores all                        # the default study (config/config.yaml: study: quick)
-#   snakemake --cores all --config study=paper --profile slurm    # the paper's study on a SLURM GPU cluster
+#   snakemake --cores all --profile slurm        # the paper's study on a SLURM GPU cluster (the profile sets it)
 #   snakemake --report results/quick/report.html                  # HTML report with captions
 #
 # Rules live in workflow/rules/, scripts in workflow/scripts/, studies in config/studies/.
@@ -15,6 +15,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/reference.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

@@ -1,5 +1,5 @@
-"""Aggregation against hand-computed values, rliable cross-checks, missing-seed reporting, tables and the
-reproduction check against the released curves (synthetic scores; no training)."""
+"""Aggregation against hand-computed values, rliable cross-checks, missing-seed reporting and tables (synthetic
+scores; no training). The reproduction check is tested in tests/test_reproduction.py."""
 
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ import aggregate
 import make_plots
 import make_tables
 import matplotlib.pyplot as plt
-import reproduction
 import studylib
 
 NORMALISATION = studylib.load_normalisation(REPO_ROOT / "config" / "normalisation.yaml")
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "dime_paper_results"
 
 
 # ------------------------------------------------------------------------------------- metrics by hand
@@ -384,85 +382,3 @@ def test_shared_runs_train_to_the_largest_budget(tmp_path):
     assert loaded.run("dime", "dmc/walker-run", 3).steps == 1000  # seed 3 only in "main"
     assert loaded.run("dime", "dmc/cheetah-run", 0).steps == 1000
     assert len(loaded.runs) == 2 * 3 * 4 + 4  # dime and sac on 3 tasks, dipo on 1, 4 seeds; no duplicates
-
-
-# ------------------------------------------------------------------------------------ reproduction check
-@pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason=f"released curves not present at {REFERENCE_DIR}")
-def test_reproduction_check_against_released_curves(tmp_path):
-    """Our 'runs' are the authors' own seeds 0-4 of dmc_dog_run: the check must call them consistent, and a copy
-    shifted down by 300 must be called lower. Checksums of the reference are verified."""
-    steps = np.load(REFERENCE_DIR / "dmc_dog_run" / "env_interacts.npy")[0]
-    values = np.load(REFERENCE_DIR / "dmc_dog_run" / "mean_return.npy")
-    study = {
-        "seeds": 5,
-        "eval_every": 24000,
-        "bootstrap": {"reps": 1000, "curve_reps": 100, "seed": 0},
-        "algorithms": {"dime": {"algo": "dime"}},
-        "experiments": {
-            "main": {"tasks": ["dmc/dog-run", "dmc/cheetah-run"], "algorithms": ["dime"], "steps": 1000000}
-        },
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    reference = yaml.safe_load((REPO_ROOT / "config" / "reference.yaml").read_text())
-    at_1m = steps <= 1_000_000
-    results = {}
-    for shift in (0.0, -300.0):
-        rows = [
-            {"algorithm": "dime", "task": "dmc/dog-run", "seed": s, "step": int(step), "score": v + shift}
-            for s in range(5)
-            for step, v in zip(steps[at_1m], values[s][at_1m], strict=True)
-        ]
-        loaded = studylib.load_study(tmp_path / "study.yaml", check_registry=False)
-        results[shift] = reproduction.compare(loaded, pd.DataFrame(rows), reference, REFERENCE_DIR, verify=True)
-    rows, curves = results[0.0]
-    dog = next(r for r in rows if r["task"] == "dmc/dog-run")
-    assert dog["step"] == 984000 and dog["reference_step"] == 984000 and dog["seeds_reference"] == 10
-    assert dog["verdict"] == "consistent"
-    assert next(r for r in rows if r["task"] == "dmc/cheetah-run")["verdict"] == "no finished run"
-    assert set(curves) == {"dmc/dog-run"}
-    lower = next(r for r in results[-300.0][0] if r["task"] == "dmc/dog-run")
-    assert lower["verdict"] == "lower" and lower["difference"] < -250
-
-
-def test_reproduction_reports_a_missing_reference_directory(tmp_path):
-    study = {
-        "algorithms": {"dime": {"algo": "dime"}},
-        "experiments": {"main": {"tasks": ["dmc/dog-run"], "algorithms": ["dime"], "steps": 1000}},
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    pd.DataFrame(columns=["algorithm", "task", "seed", "step", "score"]).to_csv(tmp_path / "long.csv", index=False)
-    args = [
-        "--study", str(tmp_path / "study.yaml"), "--long", str(tmp_path / "long.csv"),
-        "--reference-config", str(REPO_ROOT / "config" / "reference.yaml"),
-        "--reference-dir", str(tmp_path / "absent"),
-        "--table", str(tmp_path / "reproduction"), "--plot", str(tmp_path / "overlay"),
-    ]  # fmt: skip
-    reproduction.main(args)
-    table = (tmp_path / "reproduction.md").read_text()
-    assert f"Reference directory '{tmp_path / 'absent'}' not found" in table and "NOT performed" in table
-    assert (tmp_path / "overlay.png").stat().st_size > 1000
-    with pytest.raises(SystemExit, match="not found"):
-        reproduction.main([*args, "--required"])
-
-
-def test_reproduction_rejects_a_modified_reference_file(tmp_path):
-    folder = tmp_path / "refs" / "dmc_dog_run"
-    folder.mkdir(parents=True)
-    np.save(folder / "env_interacts.npy", np.tile(np.arange(0, 48001, 24000), (10, 1)).astype(float))
-    np.save(folder / "mean_return.npy", np.zeros((10, 3)))
-    reference = yaml.safe_load((REPO_ROOT / "config" / "reference.yaml").read_text())
-    with pytest.raises(reproduction.ReferenceDataError, match="does not match the released file"):
-        reproduction.load_reference(tmp_path / "refs", reference["tasks"]["dmc/dog-run"], verify=True)
-    steps, values = reproduction.load_reference(tmp_path / "refs", reference["tasks"]["dmc/dog-run"], verify=False)
-    assert steps.tolist() == [0, 24000, 48000] and values.shape == (10, 3)
-
-
-def test_reference_checksums_match_the_readme():
-    """config/reference.yaml carries the SHA-256 values published with the released curves."""
-    readme = REPO_ROOT.parent / "shared" / "reference" / "README.md"
-    if not readme.exists():
-        pytest.skip(f"{readme} not present")
-    reference = yaml.safe_load((REPO_ROOT / "config" / "reference.yaml").read_text())
-    text = readme.read_text()
-    for entry in reference["tasks"].values():
-        assert f"`{entry['folder']}` | `{entry['sha256']}`" in text

@@ -160,13 +160,26 @@ def test_landing_page_shows_the_reproduction_verdicts_when_present(tmp_path):
     import write_index
 
     study = studylib.load_study(REPO_ROOT / "config" / "studies" / "smoke.yaml", check_registry=False)
-    assert "No reproduction summary" in write_index.reproduction_summary(study, tmp_path)
+    assert "No reproduction summary" in write_index.reproduction_summary_html(study, tmp_path)
     (tmp_path / "tables").mkdir()
     verdicts = pd.DataFrame(
-        {"label": ["dime"], "task": ["dmc/pendulum-swingup"], "verdict": ["consistent"], "step": [600]}
+        {
+            "label": ["dime"],
+            "display_name": ["DIME"],
+            "task": ["dmc/pendulum-swingup"],
+            "source": ["dime"],
+            "verdict": ["consistent"],
+            "step": [600],
+        }
     )
     verdicts.to_csv(tmp_path / "tables" / "reproduction_summary.csv", index=False)
-    (table,) = html_tables(write_index.reproduction_summary(study, tmp_path))
+    (table,) = html_tables(write_index.reproduction_summary_html(study, tmp_path))
     assert table.to_dict("records") == [
-        {"Algorithm": "DIME", "Task": "dmc/pendulum-swingup", "Verdict": "consistent", "Env step": "600"}
+        {
+            "Algorithm": "DIME",
+            "Task": "dmc/pendulum-swingup",
+            "Source": "dime",
+            "Verdict": "consistent",
+            "Env step": "600",
+        }
     ]

@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference" / "dime_paper_results"
+REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"  # a local copy: tests never download
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "slurm")
 EXPERIMENT_TABLES = ("aggregate", "per_task", "poi")
 PLOT_KINDS = ("interval_estimates", "sample_efficiency", "learning_curves", "performance_profiles", "poi")
@@ -98,8 +98,8 @@ def expected_outputs(results: Path, experiments: list[str]) -> list[Path]:
             for ext in ("md", "tex", "csv")
         ]
         files += [results / "plots" / f"{experiment}_{kind}.{ext}" for kind in PLOT_KINDS for ext in ("png", "pdf")]
-    files += [results / "tables" / f"reproduction.{ext}" for ext in ("md", "tex", "csv")]
-    files += [results / "plots" / f"reproduction_overlay.{ext}" for ext in ("png", "pdf")]
+    files += [results / "tables" / f"reproduction{k}" for k in (".md", ".tex", ".csv", "_summary.md", "_summary.csv")]
+    files += [results / "plots" / f"reproduction_{label}.{ext}" for label in ("dime", "sac") for ext in ("png", "pdf")]
     return files
 
 
@@ -138,13 +138,12 @@ def check_smoke_outputs(results: Path) -> None:
     assert set(poi["y"]) == {"sac"} and poi["poi"].between(0, 1).all()
     assert "\\toprule" in (results / "tables" / "main_aggregate.tex").read_text()
 
-    reproduction = pd.read_csv(results / "tables" / "reproduction.csv")
-    if REFERENCE_DIR.is_dir():
-        verdicts = dict(zip(reproduction["task"], reproduction["verdict"], strict=True))
-        assert verdicts["gym/Pendulum-v1"] == "no released curve"
-        assert verdicts["dmc/pendulum-swingup"] in {"consistent", "lower", "higher"}
-    else:
-        assert "not found" in (results / "tables" / "reproduction.md").read_text()
+    reproduction = pd.read_csv(results / "tables" / "reproduction_summary.csv")
+    verdicts = dict(zip(zip(reproduction["label"], reproduction["task"]), reproduction["verdict"], strict=True))
+    assert verdicts[("dime", "gym/Pendulum-v1")] == verdicts[("sac", "gym/Pendulum-v1")] == "no published curve"
+    for label in ("dime", "sac"):  # the DIME authors' curves and SimbaV2's SAC runs both have pendulum-swingup
+        expected = {"consistent", "lower", "higher"} if REFERENCE_DIR.is_dir() else {"reference unavailable"}
+        assert verdicts[(label, "dmc/pendulum-swingup")] in expected
     manifest = json.loads((results / "provenance.json").read_text())
     assert manifest["runs_ok"] == 8 and manifest["study"] == "smoke"
     assert {r["algorithm"] for r in manifest["runs"]} == {"dime", "sac"}
@@ -351,7 +350,7 @@ def test_paper_study_dry_run_lists_every_job(tmp_path):
     counts = job_counts(output)
     assert counts["train"] == train_jobs == 970
     assert counts["aggregate"] == counts["tables"] == counts["plots"] == experiments
-    assert counts["total"] == train_jobs + 3 * experiments + 4  # + collect, reproduction, index, all
+    assert counts["total"] == train_jobs + 3 * experiments + 5  # + collect, fetch_reference, reproduction, index, all
 
     def job(label: str, task: str, seed: int) -> str:
         start = output.index(f"wildcards: label={label}, task={task}, seed={seed}\n")

@@ -1,6 +1,6 @@
 # Aggregation: every run -> one long table (+ run status, provenance), per-experiment statistics with rliable,
-# and the reproduction check against the DIME authors' released curves. All local: they need seconds, not GPUs.
-# The reproduction check echoes its log, so a missing reference directory is reported on the console too.
+# and the reproduction check against published curves (files from rule fetch_reference, workflow/rules/reference.smk).
+# All local: they need seconds, not GPUs.
 # Scripts are inputs, so editing one re-runs exactly the steps that use it.
 
 
@@ -49,31 +49,42 @@ rule reproduction:
     input:
         long=rules.collect.output.long,
         study=STUDY_FILE,
-        reference=REPO / "config" / "reference.yaml",
+        reference=REFERENCE_CONFIG,
+        files=rules.fetch_reference.output,
         script=SCRIPTS / "reproduction.py",
-        lib=[SCRIPTS / "aggregate.py", SCRIPTS / "make_plots.py", SCRIPTS / "make_tables.py"],
+        lib=[
+            SCRIPTS / name
+            for name in ("reference_data.py", "studylib.py", "aggregate.py", "make_plots.py", "make_tables.py")
+        ],
     output:
         tables=multiext(f"{OUT}/tables/reproduction", ".md", ".tex"),
         csv=report(
             f"{OUT}/tables/reproduction.csv",
             caption="../report/reproduction_table.rst",
             category="Reproduction check",
-            labels={"table": "ours vs released curves"},
+            labels={"table": "ours vs published curves"},
         ),
-        png=report(
-            f"{OUT}/plots/reproduction_overlay.png",
-            caption="../report/reproduction_overlay.rst",
+        summary=report(
+            f"{OUT}/tables/reproduction_summary.csv",
+            caption="../report/reproduction_summary.rst",
             category="Reproduction check",
-            labels={"figure": "overlay"},
+            labels={"table": "verdicts"},
         ),
-        pdf=f"{OUT}/plots/reproduction_overlay.pdf",
-    params:
-        reference_dir=config["reference_dir"],
-        flags=("" if config["reference_verify"] else "--no-verify ")
-        + ("--required" if config["reference_required"] else ""),
+        summary_md=f"{OUT}/tables/reproduction_summary.md",
+        steps=f"{OUT}/tables/reproduction_steps.csv",
+        png=[
+            report(
+                f"{OUT}/plots/reproduction_{label}.png",
+                caption="../report/reproduction_overlay.rst",
+                category="Reproduction check",
+                labels={"figure": f"overlay: {label}"},
+            )
+            for label in REPRODUCTION_LABELS
+        ],
+        pdf=[f"{OUT}/plots/reproduction_{label}.pdf" for label in REPRODUCTION_LABELS],
     log:
         f"{OUT}/logs/reproduction.log",
     shell:
         "{PYTHON:q} {input.script:q} --study {input.study:q} --long {input.long:q} "
-        "--reference-config {input.reference:q} --reference-dir {params.reference_dir:q} {params.flags} "
-        "--table {OUT}/tables/reproduction --plot {OUT}/plots/reproduction_overlay 2>&1 | tee {log:q} >&2"
+        "--reference-config {input.reference:q} --reference-files {input.files:q} "
+        "--tables {OUT}/tables --plots {OUT}/plots > {log:q} 2>&1"

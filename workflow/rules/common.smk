@@ -27,7 +27,7 @@ def _one_line_exit(message):
 
 
 # `--config partial=true` arrives as a string; the schema wants booleans.
-for _key in ("partial", "reference_verify", "reference_required"):
+for _key in ("partial", "reference_required"):
     if isinstance(config.get(_key), str) and config[_key].lower() in ("true", "false"):
         config[_key] = config[_key].lower() == "true"
 
@@ -186,40 +186,4 @@ def all_targets():
     targets = [f"{OUT}/README.md", f"{OUT}/summary.html", f"{OUT}/provenance.json", f"{OUT}/scores_long.csv"]
     for experiment in EXPERIMENTS:
         targets += experiment_outputs(experiment)
-    targets += [f"{OUT}/tables/reproduction.{ext}" for ext in ("md", "tex", "csv")]
-    targets += [f"{OUT}/plots/reproduction_overlay.{ext}" for ext in ("png", "pdf")]
-    return targets
-
-
-# ---------------------------------------------------------------------------------------------- report
-class _ResultsWithoutJobRecords(logging.Filter):
-    """Snakemake warns once per output it has no job record for ("Missing metadata"): outputs this working directory
-    did not produce, e.g. committed results in a fresh clone, or results copied from a cluster. The report still
-    holds every table and plot (and provenance.json every run's provenance); one line says so instead of one per file."""
-
-    seen = False
-
-    def filter(self, record):
-        if not str(record.msg).startswith("Missing metadata for file"):
-            return True
-        if self.seen:
-            return False
-        self.seen = True
-        record.msg = (
-            f"Outputs of study {STUDY.name} were not produced in this working directory (Snakemake has no job records "
-            f"for them, e.g. committed or copied results): the report shows them without job runtimes; the runs' "
-            f"provenance is in {OUT}/provenance.json."
-        )
-        record.args = ()
-        return True
-
-
-if REPORT_ONLY:
-    _missing = [path for path in all_targets() if not os.path.exists(path)]
-    if _missing:
-        _one_line_exit(
-            f"cannot build the report of study {STUDY.name}: {len(_missing)} of its outputs are missing (e.g. "
-            f"{_missing[0]}); run `snakemake --cores all --config study={config['study']}` first "
-            "(with partial=true for a study whose runs are not all finished)"
-        )
-    logging.getLogger("snakemake.logging").addFilter(_ResultsWithoutJobRecords())
+    return targets + reproduction_outputs()  # workflow/rules/reference.smk

@@ -82,3 +82,37 @@ rule index:
     shell:
         "{PYTHON:q} {input.script:q} --study {input.study:q} --results {OUT:q} --manifest {input.manifest:q} "
         "--out {output.readme:q} --landing {output.landing:q} > {log:q} 2>&1"
+
+
+# ---------------------------------------------------------------------------------------------- report
+class _ResultsWithoutJobRecords(logging.Filter):
+    """Snakemake warns once per output it has no job record for ("Missing metadata"): outputs this working directory
+    did not produce, e.g. committed results in a fresh clone, or results copied from a cluster. The report still
+    holds every table and plot (and provenance.json every run's provenance); one line says so instead of one per file."""
+
+    seen = False
+
+    def filter(self, record):
+        if not str(record.msg).startswith("Missing metadata for file"):
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg = (
+            f"Outputs of study {STUDY.name} were not produced in this working directory (Snakemake has no job records "
+            f"for them, e.g. committed or copied results): the report shows them without job runtimes; the runs' "
+            f"provenance is in {OUT}/provenance.json."
+        )
+        record.args = ()
+        return True
+
+
+if REPORT_ONLY:
+    _missing = [path for path in all_targets() if not os.path.exists(path)]
+    if _missing:
+        _one_line_exit(
+            f"cannot build the report of study {STUDY.name}: {len(_missing)} of its outputs are missing (e.g. "
+            f"{_missing[0]}); run `snakemake --cores all --config study={config['study']}` first "
+            "(with partial=true for a study whose runs are not all finished)"
+        )
+    logging.getLogger("snakemake.logging").addFilter(_ResultsWithoutJobRecords())

@@ -1,24 +1,38 @@
-"""Reproduction check: our DIME against the DIME authors' released learning curves, at matching env steps.
+"""Reproduction check: every checked label's learning curves against the published curves of its algorithm.
 
-    python workflow/scripts/reproduction.py --study config/studies/quick.yaml --long results/quick/scores_long.csv \
-        --reference-config config/reference.yaml --reference-dir ../shared/reference/dime_paper_results \
-        --table results/quick/tables/reproduction --plot results/quick/plots/reproduction_overlay
+    python workflow/scripts/reproduction.py --study config/studies/paper.yaml --long results/paper/scores_long.csv \
+        --reference-config config/reference.yaml --reference-files results/paper/reference_files.json \
+        --tables results/paper/tables --plots results/paper/plots
 
-The released curves (ALRhub/DIME ``paper_results/``, 10 seeds, mean of 5 stochastic evaluation episodes every 24k
-env steps) are read offline from ``--reference-dir``; each file's SHA-256 is checked against config/reference.yaml.
-For every task the study's focus label ran that has a released curve: IQM over seeds with a stratified-bootstrap CI
-for both sides at every env step where both evaluated (exact match, or within 1% of the step), a verdict at the
-last such step (CIs overlap: consistent; disjoint: lower / higher; before ``reproduction.min_step``: too early) and
-an overlay plot. A missing directory is reported in the outputs and on stderr (``--required`` makes it an error).
+Which label is checked against which published source is the study's ``reproduction.references`` (default: dime,
+bro, bro-fast, crossq, sac -> the source of the same name in config/reference.yaml); the files are the verified ones
+the manifest of workflow/scripts/reference_data.py lists. For every (label, task) whose source has a curve:
+
+* **Matching env steps.** The grids differ (DIME's curves every 24k, BRO's 25k, CrossQ's 2k, SAC's 16,666 / 50k /
+  100k), so our step s and a published step r are the same point when each is the other's nearest evaluation and
+  |s - r| <= grid / 2 (the source's grid). One published point pairs with at most one of ours.
+* **Per matched step** (``tables/reproduction_steps.csv``): IQM over seeds with a percentile stratified-bootstrap CI
+  on both sides (``bootstrap.curve_reps`` replications) and the step's verdict.
+* **Verdict** at the last matched step (``bootstrap.reps`` replications): consistent (CIs overlap), lower / higher
+  (disjoint), too early (the step is before ``reproduction.min_step``, or our runs end before the published curve
+  starts). Rows without one say why: no published curve, not run, no common step, reference unavailable.
+* Our column is the source's ``compare_with`` for the suite (BRO's MyoSuite success is any-step, so ``success_any``),
+  else the study's score.
+
+Outputs: ``tables/reproduction.{md,tex,csv}`` (one row per (label, task), protocol notes under it),
+``tables/reproduction_summary.{md,csv}`` (verdicts, labels x tasks; CSV columns label, display_name, task, source,
+verdict, step), ``tables/reproduction_steps.csv`` and ``plots/reproduction_<label>.{png,pdf}`` (an overlay per label
+that runs a task with a published curve).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import math
 import sys
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,65 +42,54 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import reference_data
 import studylib
-import yaml
 from aggregate import interval, iqm_along_runs
 from make_plots import label_colors
-from make_tables import fmt_ci, latex_escape
+from make_tables import fmt_ci, to_latex, to_markdown
 
-SOURCE = "ALRhub/DIME@{commit:.7} paper_results"
-
-
-class ReferenceDataError(RuntimeError):
-    """The reference data cannot be used (missing directory, missing file, checksum mismatch)."""
+STEP_COLUMNS = ["label", "task", "source", "step", "reference_step", "ours", "ours_lo", "ours_hi", "theirs",
+                "theirs_lo", "theirs_hi", "verdict"]  # fmt: skip
+SUMMARY_COLUMNS = ["label", "display_name", "task", "source", "verdict", "step"]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@dataclass
+class Check:
+    """The comparison of one (label, task) with its published curve."""
+
+    label: str
+    task: str
+    source: str
+    verdict: str
+    curve: str = ""  # the source's name for the task
+    detail: str = ""
+    seeds_ours: int = 0
+    seeds_reference: int = 0
+    step: int | None = None
+    reference_step: int | None = None
+    ours: list[float] = field(default_factory=list)  # IQM, lower, upper at the verdict step
+    theirs: list[float] = field(default_factory=list)
+    overlap: str = ""
+    column: str = "score"
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one row per matched step
+    plot: dict[str, Any] | None = None  # full curves with bands, for the overlay
 
 
-def load_reference(directory: Path, entry: dict[str, Any], verify: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(env steps (T,), scores (seeds, T)) of one released task folder."""
-    folder = directory / entry["folder"]
-    returns_path, steps_path = folder / "mean_return.npy", folder / "env_interacts.npy"
-    for path in (returns_path, steps_path):
-        if not path.exists():
-            raise ReferenceDataError(f"reference file {path} is missing")
-    if verify and sha256(returns_path) != entry["sha256"]:
-        raise ReferenceDataError(
-            f"{returns_path} does not match the released file (sha256 {sha256(returns_path)[:12]}... instead of "
-            f"{entry['sha256'][:12]}...); set reference_verify: false to compare anyway"
-        )
-    steps = np.load(steps_path)
-    values = np.load(returns_path)
-    return steps[0].astype(int), values.astype(float)
-
-
-def match_steps(ours: np.ndarray, theirs: np.ndarray) -> list[tuple[int, int]]:
-    """Index pairs (i, j) where our step i and their step j agree exactly or within 1%."""
+# ---------------------------------------------------------------------------------------------- the check
+def match_steps(ours: np.ndarray, theirs: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
+    """Index pairs (i, j): our step i and their step j are each other's nearest and at most ``tolerance`` apart."""
+    if len(ours) == 0 or len(theirs) == 0:
+        return []
     pairs = []
     for i, step in enumerate(ours):
         j = int(np.argmin(np.abs(theirs - step)))
-        if abs(int(theirs[j]) - int(step)) <= max(1, 0.01 * step):
+        if abs(int(theirs[j]) - int(step)) <= tolerance and int(np.argmin(np.abs(ours - theirs[j]))) == i:
             pairs.append((i, j))
     return pairs
 
 
-def our_curves(long: pd.DataFrame, label: str, task: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(steps on which every finished seed evaluated, scores (seeds, steps), seeds) of our runs."""
-    rows = long[(long["algorithm"] == label) & (long["task"] == task)]
-    seeds = sorted(int(s) for s in rows["seed"].unique())
-    if not seeds:
-        return np.zeros(0, dtype=int), np.zeros((0, 0)), []
-    per_seed = {s: rows[rows["seed"] == s].set_index("step")["score"] for s in seeds}
-    common = sorted(set.intersection(*(set(v.index) for v in per_seed.values())))
-    values = np.array([per_seed[s].loc[common].to_numpy(dtype=float) for s in seeds]).reshape(len(seeds), -1)
-    return np.array(common, dtype=int), values, seeds
-
-
-def verdict(ours: list[float], theirs: list[float], step: int, min_step: int) -> str:
-    if step < min_step:
-        return f"too early (< {min_step:,} steps)"
+def verdict(ours: list[float], theirs: list[float]) -> str:
+    """consistent when the (point, lower, upper) intervals overlap, else lower / higher."""
     if ours[2] < theirs[1]:
         return "lower"
     if ours[1] > theirs[2]:
@@ -94,174 +97,273 @@ def verdict(ours: list[float], theirs: list[float], step: int, min_step: int) ->
     return "consistent"
 
 
-def compare(
+def our_curves(long: pd.DataFrame, label: str, task: str, column: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(steps on which every finished seed evaluated, values (seeds, steps), seeds) of our runs."""
+    rows = long[(long["algorithm"] == label) & (long["task"] == task)].dropna(subset=[column])
+    seeds = sorted(int(s) for s in rows["seed"].unique())
+    if not seeds:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), []
+    per_seed = {s: rows[rows["seed"] == s].set_index("step")[column] for s in seeds}
+    common = sorted(set.intersection(*(set(v.index) for v in per_seed.values())))
+    values = np.array([per_seed[s].loc[common].to_numpy(dtype=float) for s in seeds]).reshape(len(seeds), -1)
+    return np.array(common, dtype=np.int64), values, seeds
+
+
+def check_task(
     study: studylib.Study,
     long: pd.DataFrame,
     reference: dict[str, Any],
-    directory: Path,
-    verify: bool,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One table row per task of the focus label, and the curves the overlay plot draws."""
-    boot = study.bootstrap
+    label: str,
+    source_name: str,
+    task: str,
+    paths: dict[str, Path],
+    failures: dict[str, str],
+) -> Check:
+    source = reference["sources"][source_name]
+    entry = source["tasks"].get(task)
+    check = Check(label, task, source_name, "no published curve")
+    if entry is None:
+        return check
+    suite = studylib.suite_of(task)
+    check.curve = entry["curve"]
+    check.column = source.get("compare_with", {}).get(suite, "score")
+    check.detail = "; ".join(n for n in (source["notes"].get(suite, ""), entry.get("note", "")) if n)
+    steps, values, seeds = our_curves(long, label, task, check.column)
+    check.seeds_ours = len(seeds)
+    missing = [
+        failures[f.relative]
+        for f in reference_data.source_files(reference, source_name, task)
+        if f.relative in failures
+    ]
+    if missing:
+        check.verdict, check.detail = "reference unavailable", missing[0]
+        return check
+    try:
+        ref_steps, ref_values = reference_data.load_curve(reference, source_name, task, paths)
+    except reference_data.ReferenceDataError as error:
+        check.verdict, check.detail = "reference unavailable", str(error)
+        return check
+    check.seeds_reference = ref_values.shape[0]
+    if not seeds:
+        check.verdict = "not run"
+        return check
+    grid = entry.get("grid", source["grid"])
+    pairs = match_steps(steps, ref_steps, grid / 2)
+    if not pairs:
+        if steps[-1] < ref_steps[0]:
+            check.verdict = "too early"
+            check.detail = f"our runs end at {steps[-1]:,} env steps, the published curve starts at {ref_steps[0]:,}"
+        else:
+            check.verdict = "no common step"
+        return check
+
+    boot, min_step = study.bootstrap, study.data["reproduction"]["min_step"]
     seed, conf = boot["seed"], boot["confidence"]
-    min_step = study.data["reproduction"]["min_step"]
-    focus = study.focus
-    tasks = list(dict.fromkeys(run.task for run in study.runs.values() if run.label == focus))
-    rows, curves = [], {}
-    for task in tasks:
-        entry = reference["tasks"].get(task)
-        steps, values, seeds = our_curves(long, focus, task)
-        row: dict[str, Any] = {"task": task, "reference": entry["folder"] if entry else None, "seeds_ours": len(seeds)}
-        if entry is None:
-            rows.append({**row, "verdict": "no released curve", "note": ""})
-            continue
-        ref_steps, ref_values = load_reference(directory, entry, verify)
-        row["seeds_reference"] = ref_values.shape[0]
-        row["note"] = entry.get("note", "")
-        pairs = match_steps(steps, ref_steps) if seeds else []
-        if not pairs:
-            rows.append({**row, "verdict": "no matching env step" if seeds else "no finished run"})
-            continue
-        ours_idx, ref_idx = (list(t) for t in zip(*pairs, strict=True))
-        ours_curve = interval(values[:, ours_idx], iqm_along_runs, boot["curve_reps"], seed, conf)
-        ref_curve = interval(ref_values[:, ref_idx], iqm_along_runs, boot["curve_reps"], seed, conf)
-        last_ours, last_ref = ours_idx[-1], ref_idx[-1]
-        ours = [float(v[0]) for v in interval(values[:, [last_ours]], iqm_along_runs, boot["reps"], seed, conf)]
-        theirs = [float(v[0]) for v in interval(ref_values[:, [last_ref]], iqm_along_runs, boot["reps"], seed, conf)]
-        judged = [k for k, i in enumerate(ours_idx) if steps[i] >= min_step]
-        overlap = sum(1 for k in judged if ours_curve[1][k] <= ref_curve[2][k] and ref_curve[1][k] <= ours_curve[2][k])
-        step = int(steps[last_ours])
-        rows.append(
-            {
-                **row,
-                "step": step,
-                "reference_step": int(ref_steps[last_ref]),
-                "ours": ours,
-                "theirs": theirs,
-                "difference": ours[0] - theirs[0],
-                "overlap": f"{overlap}/{len(judged)}",
-                "verdict": verdict(ours, theirs, step, min_step),
-            }
-        )
-        curves[task] = {
-            "ours": (steps, *interval(values, iqm_along_runs, boot["curve_reps"], seed, conf)),
-            "theirs": (ref_steps, *interval(ref_values, iqm_along_runs, boot["curve_reps"], seed, conf)),
-            "metric": "success" if studylib.suite_of(task) == "myo" else "return",
-        }
-    return rows, curves
+    ours_curve = interval(values, iqm_along_runs, boot["curve_reps"], seed, conf)
+    ref_curve = interval(ref_values, iqm_along_runs, boot["curve_reps"], seed, conf)
+    judged = 0
+    overlapping = 0
+    for i, j in pairs:
+        ours = [float(band[i]) for band in ours_curve]
+        theirs = [float(band[j]) for band in ref_curve]
+        step_verdict = "too early" if steps[i] < min_step else verdict(ours, theirs)
+        if steps[i] >= min_step:
+            judged += 1
+            overlapping += step_verdict == "consistent"
+        row = [label, task, source_name, int(steps[i]), int(ref_steps[j]), *ours, *theirs, step_verdict]
+        check.steps.append(dict(zip(STEP_COLUMNS, row, strict=True)))
+    last_ours, last_ref = pairs[-1]
+    check.step, check.reference_step = int(steps[last_ours]), int(ref_steps[last_ref])
+    check.ours = [float(v[0]) for v in interval(values[:, [last_ours]], iqm_along_runs, boot["reps"], seed, conf)]
+    check.theirs = [float(v[0]) for v in interval(ref_values[:, [last_ref]], iqm_along_runs, boot["reps"], seed, conf)]
+    check.overlap = f"{overlapping}/{judged}"
+    if check.step < min_step:
+        check.verdict = "too early"
+        check.detail = "; ".join(n for n in (f"before min_step {min_step:,}", check.detail) if n)
+    else:
+        check.verdict = verdict(check.ours, check.theirs)
+    check.plot = {"ours": (steps, *ours_curve), "theirs": (ref_steps, *ref_curve)}
+    return check
 
 
-# ------------------------------------------------------------------------------------------------ output
-def _caption(study: studylib.Study, reference: dict[str, Any], directory: Path) -> str:
-    boot, focus = study.bootstrap, study.focus
-    spec = study.data["algorithms"][focus]
-    overrides = spec.get("set", {})
-    config = (
-        f"with overrides {json.dumps(overrides, sort_keys=True)} (not the paper configuration)"
-        if overrides
-        else "with the paper configuration (algorithm defaults)"
-    )
+def run_checks(
+    study: studylib.Study, long: pd.DataFrame, reference: dict[str, Any], manifest: dict[str, Any]
+) -> list[Check]:
+    """One Check per (checked label, task it runs on), in study order."""
+    paths = {e["file"]: Path(e["path"]) for e in manifest["files"] if e["status"] != "failed"}
+    failures = {e["file"]: e["error"] for e in manifest["files"] if e["status"] == "failed"}
+    for file in reference_data.needed_files(study, reference):
+        if file.relative not in paths and file.relative not in failures:
+            failures[file.relative] = (
+                f"reference file {file.relative} is not in the fetched files (rerun fetch_reference)"
+            )
+    return [
+        check_task(study, long, reference, label, source_name, task, paths, failures)
+        for label, source_name in reference_data.checked_labels(study, reference).items()
+        for task in reference_data.label_tasks(study, label)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def _decimals(check: Check) -> int:
+    return 2 if check.column.startswith("success") or studylib.suite_of(check.task) == "myo" else 0
+
+
+def caption(study: studylib.Study) -> str:
+    boot, min_step = study.bootstrap, study.data["reproduction"]["min_step"]
     return (
-        f"Reproduction check ({study.name} study): our {focus} (algo {spec['algo']}, {config}) against the DIME "
-        f"authors' released curves ({SOURCE.format(commit=reference['commit'])}, read from {directory}; 10 seeds, "
-        "mean of 5 stochastic evaluation episodes per point, every 24k env steps) at the last env step both "
-        f"evaluated. IQM over seeds [{boot['confidence']:.0%} CI], percentile stratified bootstrap, "
-        f"{boot['reps']:,} replications, np.random.seed({boot['seed']}) before every call. Overlap: points from "
-        f"{study.data['reproduction']['min_step']:,} steps on where the two CIs overlap. Verdict: consistent (CIs "
-        "overlap), lower / higher (disjoint), too early (before the minimum step). Gym: the authors ran -v3 with "
-        "mujoco-py, this suite runs -v4."
+        f"Reproduction check ({study.name} study): each checked label against the published curves of its algorithm "
+        "(config/reference.yaml; files verified against their pinned SHA-256), at the last env step both evaluated. "
+        "Steps match when each is the other's nearest evaluation and they are at most half the published grid apart "
+        "(the published step in parentheses when it differs). IQM over seeds "
+        f"[{boot['confidence']:.0%} CI] (seeds), percentile stratified bootstrap, {boot['reps']:,} replications "
+        f"(curve points: {boot['curve_reps']:,}), np.random.seed({boot['seed']}) before every call. Overlap: matched "
+        f"steps from {min_step:,} on whose CIs overlap. Verdict: consistent (CIs overlap), lower / higher (disjoint), "
+        f"too early (before {min_step:,} steps, or our runs end before the published curve starts). Our points follow "
+        "each algorithm's own evaluation protocol (eval_episodes, default 5; eval_deterministic); the published "
+        "protocols are in the notes."
     )
 
 
-def table_frames(rows: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def notes(checks: list[Check], reference: dict[str, Any]) -> list[str]:
+    """Each used source's provenance and protocol, then every reason a row has no numbers."""
+    lines = []
+    for name in dict.fromkeys(c.source for c in checks if c.curve):
+        source = reference["sources"][name]
+        repository = reference["repositories"][source["repository"]]
+        lines.append(
+            f"{source['name']}: {repository['title']} at {repository['commit'][:7]}, {repository['license']}. "
+            f"{source['notes']['all']}"
+        )
+    lines += list(dict.fromkeys(c.detail for c in checks if c.verdict == "reference unavailable"))
+    if not checks:
+        lines.append("No label of this study is checked against published curves (study key reproduction.references).")
+    elif not any(c.curve for c in checks):
+        lines.append(
+            "None of the checked labels' tasks has a published curve (the tasks each source has are listed in "
+            "config/reference.yaml)."
+        )
+    return lines
+
+
+def detail_table(
+    checks: list[Check], study: studylib.Study, reference: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     shown, machine = [], []
-    for row in rows:
-        decimals = 2 if studylib.suite_of(row["task"]) == "myo" else 0
-        has = "ours" in row
+    for c in checks:
+        decimals = _decimals(c)
+        has = bool(c.ours)
+        step = "—"
+        if c.step is not None:
+            step = f"{c.step:,}" + (f" ({c.reference_step:,})" if c.reference_step != c.step else "")
+        column = "" if c.column == "score" else f" ({c.column})"
         shown.append(
             {
-                "Task": row["task"],
-                "Released curve": row["reference"] or "—",
-                "Step": f"{row['step']:,}" if has else "—",
-                "Ours IQM [CI]": f"{fmt_ci(row['ours'], decimals)} ({row['seeds_ours']})" if has else "—",
-                "Authors IQM [CI]": f"{fmt_ci(row['theirs'], decimals)} ({row['seeds_reference']})" if has else "—",
-                "Overlap": row.get("overlap", "—"),
-                "Verdict": row["verdict"],
-                "Note": row.get("note", ""),
+                "Label": study.names[c.label],
+                "Task": c.task,
+                "Published curve": f"{reference['sources'][c.source]['name']}: {c.curve}" if c.curve else "—",
+                "Step": step,
+                "Ours IQM [CI]": f"{fmt_ci(c.ours, decimals)} ({c.seeds_ours}){column}" if has else "—",
+                "Published IQM [CI]": f"{fmt_ci(c.theirs, decimals)} ({c.seeds_reference})" if has else "—",
+                "Overlap": c.overlap or "—",
+                "Verdict": c.verdict,
+                "Note": c.detail,
             }
         )
-        flat = {k: v for k, v in row.items() if k not in ("ours", "theirs")}
-        if has:
-            for side in ("ours", "theirs"):
-                flat[side], flat[f"{side}_lo"], flat[f"{side}_hi"] = row[side]
-        machine.append(flat)
+        row = {
+            "label": c.label, "task": c.task, "source": c.source, "curve": c.curve, "our_column": c.column,
+            "step": c.step, "reference_step": c.reference_step, "seeds_ours": c.seeds_ours,
+            "seeds_reference": c.seeds_reference,
+        }  # fmt: skip
+        for side, triple in (("ours", c.ours), ("theirs", c.theirs)):
+            row[side], row[f"{side}_lo"], row[f"{side}_hi"] = triple if triple else (None, None, None)
+        row.update(overlap=c.overlap, verdict=c.verdict, note=c.detail)
+        machine.append(row)
     return pd.DataFrame(shown), pd.DataFrame(machine)
 
 
-def write_tables(prefix: Path, caption: str, shown: pd.DataFrame, machine: pd.DataFrame, notes: list[str]) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    body = shown.to_markdown(index=False) if not shown.empty else "*(no rows)*"
-    markdown = f"**{caption}**\n\n{body}\n" + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
-    Path(f"{prefix}.md").write_text(markdown)
-    frame = shown if not shown.empty else pd.DataFrame({"": ["(no rows)"]})
-    escaped = frame.map(latex_escape)
-    escaped.columns = [latex_escape(c) for c in frame.columns]
-    latex = escaped.style.hide(axis="index").to_latex(
-        hrules=True,
-        caption=latex_escape(caption),
-        label="tab:reproduction",
-        position="htbp",
-        column_format="l" * frame.shape[1],
+def summary_frame(checks: list[Check], study: studylib.Study) -> pd.DataFrame:
+    rows = [[c.label, study.names[c.label], c.task, c.source, c.verdict, c.step] for c in checks]
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame["step"] = frame["step"].astype("Int64")
+    return frame
+
+
+def summary_markdown(checks: list[Check], study: studylib.Study) -> str:
+    title = f"**Reproduction verdicts ({study.name} study): labels x tasks, at the last env step both evaluated.**"
+    if not checks:
+        return f"{title}\n\n*(no label of this study is checked against published curves)*\n"
+    tasks = list(dict.fromkeys(c.task for c in checks))
+    matrix = {study.names[c.label]: {} for c in checks}
+    for c in checks:
+        matrix[study.names[c.label]][c.task] = c.verdict + (f" ({c.step:,})" if c.step is not None else "")
+    frame = pd.DataFrame([{"Label": label, **{t: row.get(t, "—") for t in tasks}} for label, row in matrix.items()])
+    return (
+        f"{title}\n\n{frame.to_markdown(index=False)}\n\n"
+        "Verdicts: consistent / lower / higher / too early; details and protocol notes in `tables/reproduction.md`, "
+        "every matched step in `tables/reproduction_steps.csv`.\n"
     )
-    if notes:
-        latex = latex.replace(
-            "\\end{table}", "\\par\\smallskip\n{\\footnotesize " + latex_escape(" ".join(notes)) + "}\n\\end{table}"
-        )
-    Path(f"{prefix}.tex").write_text(latex)
-    machine.to_csv(f"{prefix}.csv", index=False)
 
 
-def overlay_plot(prefix: Path, study: studylib.Study, curves: dict[str, Any], message: str | None) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    color = label_colors(study.labels)[study.focus]
-    tasks = list(curves)
-    if not tasks:
-        # Nothing to overlay: a figure that carries the reason, so the report and the README still say why.
+def write_tables(tables: Path, checks: list[Check], study: studylib.Study, reference: dict[str, Any]) -> None:
+    tables.mkdir(parents=True, exist_ok=True)
+    shown, machine = detail_table(checks, study, reference)
+    text, lines = caption(study), notes(checks, reference)
+    (tables / "reproduction.md").write_text(to_markdown(shown, text, lines))
+    (tables / "reproduction.tex").write_text(to_latex(shown, text, lines, f"tab:{study.name}-reproduction"))
+    machine.to_csv(tables / "reproduction.csv", index=False)
+    steps = pd.DataFrame([row for c in checks for row in c.steps], columns=STEP_COLUMNS)
+    steps.to_csv(tables / "reproduction_steps.csv", index=False)
+    summary_frame(checks, study).to_csv(tables / "reproduction_summary.csv", index=False)
+    (tables / "reproduction_summary.md").write_text(summary_markdown(checks, study))
+
+
+# -------------------------------------------------------------------------------------------------- plots
+def overlay_plot(path_prefix: Path, label: str, checks: list[Check], study: studylib.Study, reference: dict) -> None:
+    """Our IQM curve and band over the published one, one panel per task with a published curve."""
+    path_prefix.parent.mkdir(parents=True, exist_ok=True)
+    drawn = [c for c in checks if c.plot is not None]
+    name = study.names[label]
+    if not drawn:
+        reasons = "; ".join(dict.fromkeys(f"{c.task}: {c.verdict}" for c in checks)) or "no task"
         fig = plt.figure(figsize=(8, 2.2))
-        fig.text(0.5, 0.5, textwrap.fill(message or "nothing to compare", 90), ha="center", va="center", fontsize=10)
-        fig.savefig(f"{prefix}.png", dpi=150, bbox_inches="tight")
-        fig.savefig(f"{prefix}.pdf", bbox_inches="tight")
-        plt.close(fig)
-        return
-    cols = min(4, len(tasks))
-    rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(tasks) :]:
-        ax.axis("off")
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        data = curves[task]
-        steps, point, lo, hi = data["ours"]
-        ref_steps, ref_point, ref_lo, ref_hi = data["theirs"]
-        ax.plot(ref_steps, ref_point, color="black", linestyle="--", linewidth=1.4, label="authors (released)")
-        ax.fill_between(ref_steps, ref_lo, ref_hi, color="black", alpha=0.12)
-        ax.plot(steps, point, color=color, linewidth=1.8, label=f"ours ({study.focus})")
-        ax.fill_between(steps, lo, hi, color=color, alpha=0.25)
-        beyond = ref_steps[ref_steps >= steps[-1]]
-        ax.set_xlim(0, max(int(steps[-1]), int(beyond[0]) if beyond.size else int(ref_steps[-1])) * 1.03)
-        ax.set_title(task, fontsize=10)
-        ax.set_ylabel("IQM success rate" if data["metric"] == "success" else "IQM return")
-        ax.set_xlabel("env steps")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-        ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=7)
-    fig.suptitle(
-        f"Reproduction check ({study.name} study): {study.focus} vs the DIME authors' released curves "
-        f"({study.bootstrap['confidence']:.0%} CIs)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(f"{prefix}.png", dpi=150, bbox_inches="tight")
-    fig.savefig(f"{prefix}.pdf", bbox_inches="tight")
+        text = f"Reproduction check of {name}: nothing to overlay ({reasons})."
+        fig.text(0.5, 0.5, textwrap.fill(text, 90), ha="center", va="center", fontsize=10)
+    else:
+        cols = min(4, len(drawn))
+        rows = math.ceil(len(drawn) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False)
+        for ax in axes.flat[len(drawn) :]:
+            ax.axis("off")
+        color = label_colors(study.labels)[label]
+        for ax, check in zip(axes.flat, drawn, strict=False):
+            steps, point, lo, hi = check.plot["ours"]
+            ref_steps, ref_point, ref_lo, ref_hi = check.plot["theirs"]
+            # Up to our last step and the published point right after it, so the y range fits what is compared.
+            after = ref_steps[ref_steps >= steps[-1]]
+            shown = ref_steps <= (after[0] if after.size else ref_steps[-1])
+            source = reference["sources"][check.source]["name"]
+            ax.plot(ref_steps[shown], ref_point[shown], color="black", linestyle="--", linewidth=1.4,
+                    label=f"{source} ({check.seeds_reference})")  # fmt: skip
+            ax.fill_between(ref_steps[shown], ref_lo[shown], ref_hi[shown], color="black", alpha=0.12)
+            ax.plot(steps, point, color=color, linewidth=1.8, label=f"ours ({check.seeds_ours})")
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.25)
+            ax.set_xlim(0, max(int(steps[-1]), int(ref_steps[shown][-1])) * 1.03)
+            ax.set_title(f"{check.task}: {check.verdict}", fontsize=10)
+            metric = "success rate" if studylib.suite_of(check.task) == "myo" else "return"
+            ax.set_ylabel(f"IQM {metric}" + (f" ({check.column})" if check.column != "score" else ""))
+            ax.set_xlabel("env steps")
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+            ax.grid(True, alpha=0.25)
+            ax.legend(fontsize=7)
+        fig.suptitle(
+            f"{name} against published curves ({study.name} study)\n"
+            f"IQM over seeds with {study.bootstrap['confidence']:.0%} CIs; seeds in parentheses",
+            fontsize=9,
+        )
+        fig.tight_layout()
+    fig.savefig(f"{path_prefix}.png", dpi=150, bbox_inches="tight")
+    fig.savefig(f"{path_prefix}.pdf", bbox_inches="tight")
     plt.close(fig)
 
 
@@ -270,43 +372,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", required=True)
     parser.add_argument("--long", required=True)
     parser.add_argument("--reference-config", required=True)
-    parser.add_argument("--reference-dir", required=True)
-    parser.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the reference files")
-    parser.add_argument("--required", action="store_true", help="fail when the reference directory is missing")
-    parser.add_argument("--table", required=True, help="output prefix of reproduction.{md,tex,csv}")
-    parser.add_argument("--plot", required=True, help="output prefix of the overlay plot (.png, .pdf)")
+    parser.add_argument("--reference-files", required=True, help="manifest written by reference_data.py")
+    parser.add_argument("--tables", required=True, help="directory of the reproduction tables")
+    parser.add_argument("--plots", required=True, help="directory of the per-label overlay plots")
     args = parser.parse_args(argv)
 
-    study = studylib.load_study(args.study, check_registry=False)
-    reference = yaml.safe_load(Path(args.reference_config).read_text())
-    directory = Path(args.reference_dir)
-    long = pd.read_csv(args.long)
-    caption = _caption(study, reference, directory)
-    if not directory.is_dir():
-        message = (
-            f"Reference directory '{directory}' not found: reproduction check NOT performed. Put the released "
-            f"curves ({SOURCE.format(commit=reference['commit'])}, see config/reference.yaml for the download "
-            "URLs) there or set reference_dir in config/config.yaml."
-        )
-        if args.required:
-            sys.exit(message)
-        print(f"WARNING: {message}", file=sys.stderr)
-        write_tables(Path(args.table), caption, pd.DataFrame(), pd.DataFrame({"verdict": [message]}), [message])
-        overlay_plot(Path(args.plot), study, {}, message)
-        return
     try:
-        rows, curves = compare(study, long, reference, directory, verify=not args.no_verify)
-    except ReferenceDataError as error:
-        sys.exit(f"reproduction check: {error}")
-    notes = []
-    if not curves:
-        notes.append(
-            f"No task of the {study.name} study where {study.focus} finished has a released curve "
-            "(the tasks that have one are listed in config/reference.yaml)."
+        reference = reference_data.load_reference_config(args.reference_config)
+        study = studylib.load_study(args.study, check_registry=False)
+        checks = run_checks(
+            study, pd.read_csv(args.long), reference, json.loads(Path(args.reference_files).read_text())
         )
-    shown, machine = table_frames(rows)
-    write_tables(Path(args.table), caption, shown, machine, notes)
-    overlay_plot(Path(args.plot), study, curves, notes[0] if notes else None)
+    except studylib.StudyError as error:
+        sys.exit(f"reproduction check: {error}")
+    write_tables(Path(args.tables), checks, study, reference)
+    for label in reference_data.overlay_labels(study, reference):
+        overlay_plot(
+            Path(args.plots) / f"reproduction_{label}", label, [c for c in checks if c.label == label], study, reference
+        )
 
 
 if __name__ == "__main__":

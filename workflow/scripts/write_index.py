@@ -12,6 +12,7 @@ with uncommitted changes.
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 from collections import Counter
@@ -40,7 +41,7 @@ LANDING_HEAD = """<meta charset="utf-8">
 .prose:has(.dime-summary) { max-width: none; }
 .dime-code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em; }
 </style>"""
-SUMMARY_HEADERS = {"task": "Task", "verdict": "Verdict", "step": "Env step"}
+SUMMARY_HEADERS = {"task": "Task", "source": "Source", "verdict": "Verdict", "step": "Env step"}
 
 
 # ----------------------------------------------------------------------------------------- measured facts
@@ -129,28 +130,45 @@ def index(study: studylib.Study, results: Path, manifest: dict, status: pd.DataF
         make_tables.cost_sentence(study.data["resources"]["threads"], "all the label's runs in the study"),
         "",
     ]
+    lines += reproduction_summary(results)
     for exp in study.experiments:
         lines += [f"## {exp.title}", ""]
         for kind in ("aggregate", "per_task", "poi"):
             lines += [(results / "tables" / f"{exp.name}_{kind}.md").read_text().strip(), ""]
         for kind, title in PLOTS:
             lines += [f"![{title}](plots/{exp.name}_{kind}.png)", ""]
-    lines += ["## Reproduction check against the authors' released curves", ""]
-    lines += [(results / "tables" / "reproduction.md").read_text().strip(), ""]
-    lines += ["![Reproduction overlay](plots/reproduction_overlay.png)", ""]
+    lines += reproduction_details(results)
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- README.md
+def reproduction_summary(results: Path) -> list[str]:
+    """The verdicts (labels x tasks) near the top, so a reader sees at a glance which numbers reproduce."""
+    summary = (results / "tables" / "reproduction_summary.md").read_text().strip()
+    return [summary, "", "Details: [Reproduction check](#reproduction-check-against-published-curves).", ""]
+
+
+def reproduction_details(results: Path) -> list[str]:
+    """The per-(label, task) table with its protocol notes and one overlay plot per checked label."""
+    with (results / "tables" / "reproduction_summary.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # Labels with a published curve for at least one of their tasks have an overlay (reference_data.overlay_labels).
+    labels = list(dict.fromkeys(r["label"] for r in rows if r["verdict"] != "no published curve"))
+    lines = ["## Reproduction check against published curves", ""]
+    lines += [(results / "tables" / "reproduction.md").read_text().strip(), ""]
+    lines += [f"![Reproduction check: {label}](plots/reproduction_{label}.png)" for label in labels]
+    return [*lines, ""]
+
+
 # ------------------------------------------------------------------------------------ report landing page
-def reproduction_summary(study: studylib.Study, results: Path) -> str:
+def reproduction_summary_html(study: studylib.Study, results: Path) -> str:
     """The verdict per task from tables/reproduction_summary.csv (written by the reproduction check), if present."""
     path = results / REPRODUCTION_SUMMARY
     if not path.is_file():
         return f"<p>No reproduction summary ({REPRODUCTION_SUMMARY} was not produced).</p>"
     table = pd.read_csv(path)
-    if "label" in table.columns:
-        names = table.pop("label").map(lambda label: study.names.get(label, label))
-        table.insert(0, "Algorithm", table.pop("name") if "name" in table.columns else names)
+    table.insert(0, "Algorithm", table.pop("label").map(lambda label: study.names.get(label, label)))
+    table = table.drop(columns=["display_name"], errors="ignore")
     table = table.rename(columns=SUMMARY_HEADERS)
     caption = f"Reproduction verdicts ({REPRODUCTION_SUMMARY}); details under “Reproduction check”."
     return make_tables.to_html(table, caption, [])
@@ -172,7 +190,7 @@ def landing(study: studylib.Study, results: Path, manifest: dict, status: pd.Dat
             f"replications); compute cost per run and in total. Full caption under “{exp.name}”."
         )
         parts += [f"<h3>{html.escape(exp.title)}</h3>", make_tables.to_html(shown, caption, notes)]
-    parts += ["<h3>Reproduction check</h3>", reproduction_summary(study, results), "</div>"]
+    parts += ["<h3>Reproduction check</h3>", reproduction_summary_html(study, results), "</div>"]
     return "\n".join(parts) + "\n"
 
 
