@@ -167,7 +167,8 @@ class DIME(Agent):
         self.auto_alpha = config.alpha is None
         initial_alpha = config.init_alpha if config.alpha is None else config.alpha
         # A fixed α = 0 keeps log α = −inf, so α = exp(log α) is exactly 0 in the target and the actor loss.
-        self.log_alpha = torch.tensor(initial_alpha, device=device).log().requires_grad_(self.auto_alpha)
+        log_alpha = math.log(initial_alpha) if initial_alpha > 0 else -math.inf
+        self.log_alpha = torch.tensor(log_alpha, device=device, requires_grad=self.auto_alpha)
         self.alpha_optimizer = (
             torch.optim.Adam([self.log_alpha], lr=config.lr_alpha, fused=True) if self.auto_alpha else None
         )

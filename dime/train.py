@@ -4,9 +4,9 @@
 
 Rerunning the same command resumes from ``<out>/checkpoint.pt``; a finished run (``summary.json`` present) is not
 retrained. User mistakes (unknown algorithm/task/config key, a value out of range, bad numbers, a device this
-machine lacks, unwritable directory, malformed config) end with one ``error:`` line and exit status 2, before
-anything in the output directory is touched; so do a corrupt or foreign checkpoint and a directory another
-training is using.
+machine lacks, unwritable directory, malformed config) end with one ``error:`` line and exit status 2 before the
+output directory is created or changed. A corrupt or foreign checkpoint, and a directory another training is
+using, are refused the same way, and every file already in the directory stays as it was.
 """
 
 from __future__ import annotations
