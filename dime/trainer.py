@@ -347,7 +347,8 @@ class Trainer:
         if not path.exists():
             return
         kept, unreadable = [], 0
-        for line in path.read_text(errors="replace").splitlines() if step > 0 else []:
+        lines = path.read_text(errors="replace").splitlines() if step > 0 else []  # a fresh start keeps no row
+        for line in lines:
             try:
                 row_step = json.loads(line)["step"]
             except (ValueError, TypeError, KeyError):

@@ -145,6 +145,31 @@ def test_out_of_range_values_are_refused_naming_the_field(algo, overrides, field
     assert refused.value.key == field and f"invalid {field}=" in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key", "message"),
+    [
+        ({"sac": {"batch_size": 0}}, "algorithms.sac.set.batch_size", "invalid batch_size=0 for SACConfig"),
+        # Valid on Gym (support ±1600), not on DMC (±200): the line names the task it failed on.
+        ({"dime": {"v_min": 300}}, "algorithms.dime.set", "(on dmc/pendulum-swingup)"),
+    ],
+)
+def test_study_overrides_are_checked_when_the_study_is_read(tmp_path, overrides, key, message):
+    sys.path.insert(0, str(REPO_ROOT / "workflow" / "scripts"))
+    try:
+        import studylib
+    finally:
+        sys.path.pop(0)
+    study = yaml.safe_load((REPO_ROOT / "config" / "studies" / "smoke.yaml").read_text())
+    for label, values in overrides.items():
+        study["algorithms"][label]["set"].update(values)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(studylib.StudyError) as refused:
+        studylib.load_study(path)
+    assert str(refused.value).startswith(f"invalid study {path}: key '{key}': ") and message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
 def test_dime_alpha_zero_trains_without_entropy_term(tmp_path):
     """α = 0 is the fixed temperature 0 (the α ablation's limit), given through two --set flags that accumulate."""
     out = tmp_path / "run"

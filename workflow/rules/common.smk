@@ -129,6 +129,8 @@ def train_checks(wildcards):
 
 @functools.cache
 def check_execution():
+    """Real runs only: with --profile slurm, SLURM's commands and site settings must be there; locally, a study
+    meant for GPUs needs a visible GPU or allow_cpu=true."""
     if workflow.executor_plugin is None or workflow.dryrun or workflow.touch or not workflow.is_main_process:
         return
     if getattr(workflow.executor_plugin, "name", None) == "slurm":
@@ -171,7 +173,7 @@ def hold_liveness_lock():
         for lock in stale:
             lock.unlink(missing_ok=True)
         if stale:
-            print("Removed stale Snakemake locks left by a killed call (no other call is running here).", file=sys.stderr)
+            print("Removed stale Snakemake locks left by a killed call (no other call runs here).", file=sys.stderr)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
