@@ -226,6 +226,7 @@ class NaNAgent(Agent):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@pytest.mark.filterwarnings("ignore:.*WARN:")  # gymnasium's checker on NaN observations and rewards
 def test_summary_never_holds_a_bare_nan(tmp_path):
     overrides = {"learning_starts": 0, "eval_episodes": 1}
     train("tests.test_faults:NaNAgent", PENDULUM, seed=0, total_steps=3, out_dir=tmp_path, agent_overrides=overrides)
