@@ -263,17 +263,19 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
         first.wait(timeout=scaled(120))
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
     assert "received SIGTERM" in (run_dir / "train.log").read_text()
+    locks = work / ".snakemake" / "locks"
+    assert not any(locks.glob("*.lock")), "Snakemake cleans up after SIGTERM"
 
     second = start()
     try:
         deadline = time.monotonic() + scaled(300)
-        while not any((work / ".snakemake" / "locks").glob("*.lock")):
+        while not any(locks.glob("*.lock")):
             assert second.poll() is None and time.monotonic() < deadline, "the second call never took its locks"
             time.sleep(0.1)
     finally:
         os.killpg(second.pid, signal.SIGKILL)
         second.wait(timeout=scaled(60))
-    assert any((work / ".snakemake" / "locks").glob("*.lock")), "SIGKILL left no stale lock; nothing is tested"
+    assert any(locks.glob("*.lock")), "SIGKILL left no stale lock; nothing is tested"
 
     started = time.monotonic()
     output = ok(run_snakemake(work, *args))
