@@ -42,7 +42,14 @@ class UnknownAlgorithmError(ValueError):
 
 
 class ConfigError(ValueError):
-    """Raised for an unknown config key or a value of the wrong type; the message is one line."""
+    """Raised for an unknown config key or a value of the wrong type or range; the message is one line.
+
+    ``key`` names the offending field when there is one (a study file's error then names ``set.<key>``).
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -80,7 +87,9 @@ class AgentConfig:
 def check(config: Any, name: str, ok: bool, valid: str) -> None:
     """Raise :class:`ConfigError` naming ``config.<name>``, its value and ``valid`` (what it must be) unless ``ok``."""
     if not ok:
-        raise ConfigError(f"invalid {name}={getattr(config, name)!r} for {type(config).__name__}; valid: {valid}")
+        raise ConfigError(
+            f"invalid {name}={getattr(config, name)!r} for {type(config).__name__}; valid: {valid}", key=name
+        )
 
 
 def at_least(config: Any, minimum: float, *names: str) -> None:
@@ -120,7 +129,9 @@ def coerce_overrides(config_cls: type, overrides: dict[str, Any]) -> dict[str, A
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key {key!r} for {config_cls.__name__}; valid keys: {', '.join(fields)}")
+            raise ConfigError(
+                f"unknown config key {key!r} for {config_cls.__name__}; valid keys: {', '.join(fields)}", key=key
+            )
         out[key] = _coerce(key, value, fields[key].type)
     return out
 
@@ -153,7 +164,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if kind.startswith(("int|None", "Optional[int]")):
             return None if value is None or str(value).lower() in ("none", "null") else int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r} expects {kind}, got {value!r}") from None
+        raise ConfigError(f"config key {key!r} expects {kind}, got {value!r}", key=key) from None
     return value
 
 

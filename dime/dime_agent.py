@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from dime.agents import Agent, AgentConfig, ConfigError
+from dime.agents import Agent, AgentConfig, at_least, check, positive, unit_interval
 from dime.categorical import DistributionalCritic, categorical_critic_loss, project_distribution
 from dime.diffusion_policy import DiffusionPolicy, PolicySample
 from dime.replay import Batch, ReplayBuffer
@@ -42,9 +42,10 @@ class DIMETrainingConfig(AgentConfig):
     """Critic, optimiser and schedule settings shared by DIME and its Gaussian-actor ablation (``dime.md`` §1).
 
     ``v_min``/``v_max``: critic support; :meth:`DIME.default_config` takes them from the task registry (±200 on
-    DMC, ±1600 on Gym as in the authors' README). ``alpha``: a fixed temperature, or None to auto-tune log α from
-    ``init_alpha``. ``target_entropy_per_dim``: in SAC's sign convention (as in ``baselines.sac``), α is tuned so
-    that the batch mean of the running cost approaches −target_entropy_per_dim·|A|, i.e. the entropy proxy
+    DMC, ±1600 on Gym as in the authors' README). ``alpha``: a fixed temperature (0 = no entropy term, the
+    paper's α ablation at its limit), or None to auto-tune log α from ``init_alpha``.
+    ``target_entropy_per_dim``: in SAC's sign convention (as in ``baselines.sac``), α is tuned so that the batch
+    mean of the running cost approaches −target_entropy_per_dim·|A|, i.e. the entropy proxy
     −running cost approaches target_entropy_per_dim·|A|. The reference hard-codes "target entropy 4·|A|" but
     tunes the running cost, a log-probability-like quantity, towards +4·|A| (``dime.md`` §5.2, §9.3); that is
     −4 here.
@@ -71,6 +72,29 @@ class DIMETrainingConfig(AgentConfig):
     init_alpha: float = 1.0
     target_entropy_per_dim: float = -4.0
 
+    def validate(self) -> None:
+        super().validate()
+        at_least(self, 1, "critic_width", "utd", "policy_delay")
+        at_least(self, 2, "num_atoms")
+        at_least(self, 0, "brn_warmup_steps", "critic_entropy_coef")
+        check(
+            self,
+            "v_max",
+            math.isfinite(self.v_min) and math.isfinite(self.v_max) and self.v_min < self.v_max,
+            f"a finite critic support v_min < v_max (v_min={self.v_min!r})",
+        )
+        unit_interval(self, "brn_momentum")
+        positive(self, "lr_actor", "lr_critic", "lr_alpha", "actor_grad_clip", "init_alpha")
+        for beta in ("adam_beta1", "adam_beta2"):
+            check(self, beta, 0.0 <= getattr(self, beta) < 1.0, "a number in [0, 1)")
+        check(
+            self,
+            "alpha",
+            self.alpha is None or 0.0 <= self.alpha < math.inf,
+            "null (tuned from init_alpha) or a fixed temperature >= 0 (0: no entropy term)",
+        )
+        check(self, "target_entropy_per_dim", math.isfinite(self.target_entropy_per_dim), "a finite number")
+
 
 @dataclass
 class DIMEConfig(DIMETrainingConfig):
@@ -90,6 +114,20 @@ class DIMEConfig(DIMETrainingConfig):
     prior_std: float = 2.5
     schedule_s: float = 0.008
     schedule_min: float = 0.001
+
+    def validate(self) -> None:
+        super().validate()
+        check(
+            self,
+            "eval_deterministic",
+            not self.eval_deterministic,
+            "false: the diffusion policy has no deterministic mode and the reference evaluates stochastically "
+            "(dime.md §9.1)",
+        )
+        at_least(self, 1, "diffusion_steps", "score_width", "score_layers")
+        positive(self, "init_dt", "init_friction", "prior_std")
+        at_least(self, 0, "schedule_s")
+        check(self, "schedule_min", 0.0 < self.schedule_min <= 1.0, "a number in (0, 1]")
 
 
 def clip_gradients_elementwise_(parameters: Iterable[torch.Tensor], clip: float) -> None:
@@ -111,7 +149,6 @@ class DIME(Agent):
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DIMETrainingConfig, device: torch.device):
         super().__init__(task, obs_dim, act_dim, config, device)
-        self._check_config(config)
         self.actor = self.build_actor().to(device)
         self.critic = DistributionalCritic(
             obs_dim,
@@ -129,7 +166,9 @@ class DIME(Agent):
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, **adam)
         self.auto_alpha = config.alpha is None
         initial_alpha = config.init_alpha if config.alpha is None else config.alpha
-        self.log_alpha = torch.tensor(math.log(initial_alpha), device=device, requires_grad=self.auto_alpha)
+        # A fixed α = 0 keeps log α = −inf, so α = exp(log α) is exactly 0 in the target and the actor loss.
+        log_alpha = math.log(initial_alpha) if initial_alpha > 0 else -math.inf
+        self.log_alpha = torch.tensor(log_alpha, device=device, requires_grad=self.auto_alpha)
         self.alpha_optimizer = (
             torch.optim.Adam([self.log_alpha], lr=config.lr_alpha, fused=True) if self.auto_alpha else None
         )
@@ -137,13 +176,6 @@ class DIME(Agent):
         self.critic_updates = 0  # global critic-update counter: host state, decides the policy delay
         zero = torch.zeros((), device=device)
         self.last_actor_metrics = {"actor_loss": zero, "running_cost": zero, "terminal_cost": zero}
-
-    def _check_config(self, config: DIMETrainingConfig) -> None:
-        if config.eval_deterministic:
-            raise ConfigError(
-                "DIME's diffusion policy has no deterministic mode; the reference evaluates stochastically "
-                "(dime.md §9.1), set eval_deterministic=false"
-            )
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DIMETrainingConfig:

@@ -17,11 +17,13 @@ Undocumented by the authors, chosen here (documented deviations):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from dime.agents import at_least, check
 from dime.diffusion_policy import PolicySample, gaussian_log_density, tanh_log_det
 from dime.dime_agent import DIME, DIMETrainingConfig
 from dime.nn import flax_linear, mlp
@@ -36,6 +38,16 @@ class DIMEGaussConfig(DIMETrainingConfig):
     actor_layers: int = 2
     log_std_min: float = -20.0
     log_std_max: float = 2.0
+
+    def validate(self) -> None:
+        super().validate()
+        at_least(self, 1, "actor_width", "actor_layers")
+        check(
+            self,
+            "log_std_max",
+            math.isfinite(self.log_std_min) and math.isfinite(self.log_std_max) and self.log_std_min < self.log_std_max,
+            f"a finite number > log_std_min={self.log_std_min!r}",
+        )
 
 
 class TanhGaussianActor(nn.Module):
@@ -65,9 +77,6 @@ class DIMEGauss(DIME):
     """DIME with the diffusion actor swapped for :class:`TanhGaussianActor` (SAC's log π as the cost)."""
 
     Config = DIMEGaussConfig
-
-    def _check_config(self, config: DIMETrainingConfig) -> None:
-        """A Gaussian actor has a deterministic mode, so both evaluation protocols are allowed."""
 
     def build_actor(self) -> nn.Module:
         c = self.config

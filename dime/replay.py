@@ -60,12 +60,14 @@ class ReplayBuffer:
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx], idx)
 
     def state_dict(self) -> dict[str, Any]:
+        """The filled rows only, each in a storage of its own: ``torch.save`` writes a view's whole storage, so
+        a view of the first rows of a 1M-row CPU buffer would save all 1M rows."""
         n = self.size
         return {
             "capacity": self.capacity,
             "position": self.position,
             "size": n,
-            **{name: getattr(self, name)[:n].cpu() for name in _COLUMNS},
+            **{name: _filled_rows(getattr(self, name), n) for name in _COLUMNS},
             "generator": self.generator.get_state(),
         }
 
@@ -85,3 +87,11 @@ class ReplayBuffer:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.position, self.size = position, n
         self.generator.set_state(state["generator"])
+
+
+def _filled_rows(column: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows on the CPU, without a copy when they already are a whole CPU storage."""
+    rows = column[:n]
+    if rows.device.type != "cpu":
+        return rows.cpu()  # a new, compact host tensor
+    return rows if n == column.shape[0] else rows.clone()

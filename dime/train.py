@@ -3,8 +3,10 @@
     python -m dime.train --algo dime --task dmc/cheetah-run --seed 0 --steps 1e6 --out runs/dime/cheetah-run/0
 
 Rerunning the same command resumes from ``<out>/checkpoint.pt``; a finished run (``summary.json`` present) is not
-retrained. User mistakes (unknown algorithm/task/config key, bad numbers, unwritable directory, malformed config)
-end with one ``error:`` line and exit status 2, before anything in the output directory is touched.
+retrained. User mistakes (unknown algorithm/task/config key, a value out of range, bad numbers, a device this
+machine lacks, unwritable directory, malformed config) end with one ``error:`` line and exit status 2 before the
+output directory is created or changed. A corrupt or foreign checkpoint, and a directory another training is
+using, are refused the same way, and every file already in the directory stays as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, NoReturn
 import yaml
 
 from dime.agents import ALGORITHMS, ConfigError, UnknownAlgorithmError
-from dime.checkpoint import CheckpointError
+from dime.checkpoint import CheckpointError, RunDirectoryBusy, locked_run_directory
 from dime.compilation import COMPILE_MODES
 from dime.tasks import UnknownTaskError
 
@@ -115,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         "CUDA graphs (CUDA only)",
     )
     parser.add_argument("--config", help="YAML file of agent hyperparameter overrides")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
     parser.add_argument("--list-tasks", action="store_true", help="print every task name and exit")
     parser.add_argument("--list-algos", action="store_true", help="print every algorithm name and exit")
@@ -165,28 +169,46 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, out, quiet=args.quiet)
     except (UnknownAlgorithmError, UnknownTaskError, ConfigError, ValueError) as error:
         _fail(str(error))
-    summary_path = out / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("config_hash") != trainer.config_hash:
-            _fail(f"{out} holds a finished run with another configuration; use another --out directory")
-        if summary.get("total_steps", 0) >= args.steps:
-            print(f"{out}: already finished (final score {summary['final_score']}); nothing to do")
-            return 0
-        summary_path.unlink()  # a longer budget resumes from the checkpoint and writes a new summary
     try:
-        summary = trainer.run()
-    except CheckpointError as error:
+        with locked_run_directory(out):
+            finished = _finished_summary(out, trainer.config_hash, args.steps)
+            if finished is not None:
+                print(f"{out}: already finished (final score {finished['final_score']}); nothing to do")
+                return 0
+            summary = trainer.run()
+    except (CheckpointError, RunDirectoryBusy, ConfigError) as error:
         _fail(str(error))
     except Preempted as stop:
         print(f"{out}: {stop}; rerun the same command to resume", file=sys.stderr)
         return 128 + stop.signum
     if not args.quiet:
+        score = summary["final_score"]
         print(
-            f"{args.algo} on {args.task} (seed {args.seed}): final score {summary['final_score']:.4g}, "
+            f"{args.algo} on {args.task} (seed {args.seed}): final score "
+            f"{'none' if score is None else format(score, '.4g')}, "
             f"{summary['env_steps_per_s']:.1f} env steps/s, {summary['wall_clock_s']:.0f} s"
         )
     return 0
+
+
+def _finished_summary(out: Path, config_hash: str, steps: int) -> dict[str, Any] | None:
+    """The summary of a run finished in ``out`` with at least ``steps`` steps, else None; a summary with fewer
+    steps is removed (the longer run resumes from the checkpoint and writes a new one)."""
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"warning: {path} is unreadable; the run resumes from its checkpoint and rewrites it", file=sys.stderr)
+        path.unlink()
+        return None
+    if summary.get("config_hash") != config_hash:
+        _fail(f"{out} holds a finished run with another configuration; use another --out directory")
+    if summary.get("total_steps", 0) >= steps:
+        return summary
+    path.unlink()
+    return None
 
 
 if __name__ == "__main__":

@@ -11,16 +11,20 @@ Per env step (the DIME reference's SB3 semantics, ``dime.md`` §2.3):
 5. ``agent.update(buffer, env_step)`` once ``env_step > learning_starts`` (the agent runs its UTD loop).
 
 Resumability. The run directory holds ``checkpoint.pt`` written atomically every ``checkpoint_every`` steps and on
-SIGTERM / SIGUSR1 / SIGINT (what SLURM sends before a kill or preemption). Restarting the same command resumes.
-Resumption is exact: every episode of the training env is reset with a seed derived from (run seed, episode
-index), and the checkpoint stores the actions taken so far in the current episode, so the env state is rebuilt by
-replaying them (MuJoCo is deterministic); RNG states, the replay buffer, the agent and its optimisers are stored.
-``eval.csv`` therefore comes out identical whether or not a run was interrupted (on CPU; CUDA kernels may not be
-bitwise deterministic).
+SIGTERM / SIGUSR1 / SIGINT (what SLURM sends before a kill or preemption), at the end of the current env step; a
+signal during an evaluation abandons that evaluation, and the checkpoint then holds the state from before the
+env step that triggered it, so the resumed run redoes the step and its evaluation. Restarting the same command
+resumes. Resumption is exact: every episode of the training env is reset with a seed derived from (run seed,
+episode index), and the checkpoint stores the actions taken so far in the current episode, so the env state is
+rebuilt by replaying them (MuJoCo is deterministic); RNG states, the replay buffer, the agent and its optimisers
+are stored. ``eval.csv`` therefore comes out identical whether or not a run was interrupted (on CPU; CUDA kernels
+may not be bitwise deterministic). While it trains, the process holds the run directory's lock
+(:func:`dime.checkpoint.locked_run_directory`), so a second training on the same directory is refused.
 
-Outputs (all written atomically): ``eval.csv`` (deterministic: no wall-clock column), ``metrics.jsonl`` (losses,
-alpha, Q, steps/s, every ``log_every`` steps), ``config.yaml`` (resolved), ``checkpoint.pt``, and ``summary.json``
-last, which marks a finished run.
+Outputs: ``eval.csv`` (deterministic: no wall-clock column), ``config.yaml`` (resolved), ``checkpoint.pt`` (with
+an integrity digest) and ``summary.json`` last, which marks a finished run, are replaced atomically;
+``metrics.jsonl`` (losses, alpha, Q, steps/s, every ``log_every`` steps) is appended to, and a resumed run drops
+its rows after the checkpoint, and a line torn by a kill or a full disk, with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +46,13 @@ import torch
 import yaml
 
 from dime.agents import Agent, AgentConfig, load_algorithm
-from dime.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from dime.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    locked_run_directory,
+    save_checkpoint,
+)
 from dime.compilation import COMPILE_MODES
 from dime.provenance import config_hash, git_state, hardware, package_versions, scheduler_ids
 from dime.replay import ReplayBuffer
@@ -65,6 +76,10 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int):
         super().__init__(f"received {signal.Signals(signum).name} at env step {step}; checkpoint written")
         self.signum = signum
+
+
+class _EvaluationInterrupted(Exception):
+    """A termination signal arrived during an evaluation: the evaluation is abandoned, not recorded."""
 
 
 @dataclass
@@ -100,9 +115,25 @@ def derive_seed(seed: int, stream: int, index: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a device this machine does not have is a one-line ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"device {name!r} is not available: {why}; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {name!r} is not available: {count} CUDA device(s) visible, cuda:0 to cuda:{count - 1}"
+            )
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -151,6 +182,7 @@ class Trainer:
         # The identity of a run: what must match for a checkpoint to be resumable (total_steps may grow).
         identity = {k: v for k, v in self.resolved.items() if k != "total_steps"}
         self.config_hash = config_hash(identity)
+        self._stop_signals: list[int] = []  # termination signals received while run() trains
 
     # ------------------------------------------------------------------ setup
     def _build(self) -> None:
@@ -191,22 +223,30 @@ class Trainer:
             "config_hash": self.config_hash,
         }
 
-    def _save(self) -> None:
+    def _loop_state(self) -> dict[str, Any]:
+        """What one env step changes before its evaluation: counters, the episode so far, the RNG states. With
+        the agent and the buffer (which change only after the evaluation) it is the state at a step boundary."""
+        return {
+            "step": self.step,
+            "episode_index": self.episode_index,
+            "episode_actions": np.asarray(self.episode_actions, dtype=np.float32),
+            "episode_return": self.episode_return,
+            "obs": self.obs,
+            "numpy_rng": self.rng.bit_generator.state,
+            "numpy_global_rng": np.random.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def _save(self, loop_state: dict[str, Any] | None = None) -> None:
+        """Checkpoint the current state, or the step boundary ``loop_state`` was taken at."""
         save_checkpoint(
             self._checkpoint_path(),
             {
                 **self._identity(),
-                "step": self.step,
-                "episode_index": self.episode_index,
-                "episode_actions": np.asarray(self.episode_actions, dtype=np.float32),
-                "episode_return": self.episode_return,
-                "obs": self.obs,
+                **(loop_state or self._loop_state()),
                 "agent": self.agent.state_dict(),
                 "buffer": self.buffer.state_dict(),
-                "numpy_rng": self.rng.bit_generator.state,
-                "numpy_global_rng": np.random.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "eval_history": self.eval_history,
                 "update_calls": self.update_calls,
                 "train_seconds": self.train_seconds,
@@ -254,6 +294,8 @@ class Trainer:
         for _ in range(agent_cfg.eval_episodes):
             total, length, solved_any, solved_last = 0.0, 0, False, None
             while True:
+                if self._stop_signals:
+                    raise _EvaluationInterrupted
                 with torch.no_grad():
                     obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
                     action = self.agent.act(obs_t, deterministic=agent_cfg.eval_deterministic)[0].cpu().numpy()
@@ -299,10 +341,26 @@ class Trainer:
         return self.out_dir / "metrics.jsonl"
 
     def _truncate_metrics(self, step: int) -> None:
+        """Keep the rows up to ``step``. A line that does not parse (the last append cut short by a kill or a
+        full disk) is dropped with a warning instead of making the run unresumable."""
         path = self._metrics_path()
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept, unreadable = [], 0
+        lines = path.read_text(errors="replace").splitlines() if step > 0 else []  # a fresh start keeps no row
+        for line in lines:
+            try:
+                row_step = json.loads(line)["step"]
+            except (ValueError, TypeError, KeyError):
+                unreadable += bool(line.strip())
+                continue
+            if row_step <= step:
+                kept.append(line)
+        if unreadable:
+            print(
+                f"warning: {path}: dropped {unreadable} unreadable line(s) left by an interrupted write",
+                file=sys.stderr,
+            )
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -311,9 +369,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
-        cfg, agent_cfg = self.config, self.agent_config
         self._build()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with locked_run_directory(self.out_dir):
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
+        cfg, agent_cfg = self.config, self.agent_config
         if self._checkpoint_path().exists():
             self._restore()  # validates the checkpoint before anything in out_dir is rewritten
         else:
@@ -323,7 +384,8 @@ class Trainer:
             self.agent.compile_updates(cfg.compile)  # after restoring, so compiled code sees the restored tensors
         resolved = {**self.resolved, "compile": cfg.compile}
         atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        received: list[int] = []
+        received = self._stop_signals
+        received.clear()
         progress = _progress(cfg.total_steps, self.step, disable=self.quiet)
         window_start, window_steps = time.perf_counter(), 0
         last_metrics: dict[str, torch.Tensor] = {}
@@ -331,6 +393,9 @@ class Trainer:
         with _signals_recorded(received):
             while self.step < cfg.total_steps:
                 tick = time.perf_counter()
+                evaluates = self.step + 1 == 1 or (self.step + 1) % cfg.eval_every == 0
+                # An evaluation cut short by a signal is redone on resume from the state before this step.
+                boundary = self._loop_state() if evaluates else None
                 if self.step < agent_cfg.learning_starts:
                     action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
                 else:
@@ -341,9 +406,14 @@ class Trainer:
                 self.step += 1
                 self.episode_actions.append(action)
                 self.episode_return += float(reward)
-                if self.step == 1 or self.step % cfg.eval_every == 0:
+                if evaluates:
                     eval_start = time.perf_counter()
-                    record = self.evaluate()
+                    try:
+                        record = self.evaluate()
+                    except _EvaluationInterrupted:
+                        self._save(boundary)
+                        progress.close()
+                        raise Preempted(received[0], self.step - 1) from None
                     self.eval_seconds += time.perf_counter() - eval_start
                     tick += time.perf_counter() - eval_start
                     progress.set_postfix_str(f"eval {self.score(record):.4g}", refresh=False)
@@ -405,8 +475,20 @@ class Trainer:
             "config_hash": self.config_hash,
             **scheduler_ids(),
         }
-        atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        summary = _finite_or_null(summary)
+        atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
         return summary
+
+
+def _finite_or_null(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no NaN, and a bare NaN makes summary.json unreadable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _metrics_row(step: int, sps: float, metrics: dict[str, torch.Tensor], episodes: list[float]) -> dict[str, Any]:

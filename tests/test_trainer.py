@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dime.trainer import train
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, run_cli, scaled, subprocess_env
 
 PENDULUM = "gym/Pendulum-v1"
 SAC_PENDULUM = ["--algo", "sac", "--task", PENDULUM]
@@ -68,10 +68,11 @@ def _killed_until_done(args, out, rng):
     while not (out / "summary.json").exists():
         seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dime.train", *args, "--out", str(out), "--quiet"],
+            [sys.executable, "-m", "dime.train", "--threads", "1", *args, "--out", str(out), "--quiet"],
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=subprocess_env(),
         )
         while proc.poll() is None and (not checkpoint.exists() or checkpoint.stat().st_mtime_ns == seen):
             time.sleep(0.05)
@@ -137,14 +138,18 @@ def test_sigterm_checkpoints_and_rerun_resumes(tmp_path):
         "--quiet",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dime.train", *args], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "dime.train", "--threads", "1", *args],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
     )
-    deadline = time.time() + 120
+    deadline = time.time() + scaled(300)
     while not (out / "eval.csv").exists() or len((out / "eval.csv").read_text().splitlines()) < 3:
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=scaled(60))
     assert proc.returncode == 128 + signal.SIGTERM
     assert "SIGTERM" in stderr and "rerun the same command to resume" in stderr
     assert (out / "checkpoint.pt").exists() and not (out / "summary.json").exists()
@@ -200,7 +205,7 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path):
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
-    result = run_cli(*args, "--out", str(tmp_path / "run"), timeout=60)
+    result = run_cli(*args, "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
@@ -214,19 +219,19 @@ def test_unwritable_output_and_malformed_config(tmp_path):
     base = SAC_PENDULUM
     try:
         if not os.access(locked, os.W_OK):
-            result = run_cli(*base, "--out", str(locked / "run"), timeout=60)
+            result = run_cli(*base, "--out", str(locked / "run"))
             assert result.returncode == 2 and "not writable" in result.stderr
         else:  # root ignores permission bits: a path under a regular file is unwritable for everyone
             blocker = tmp_path / "file"
             blocker.write_text("x")
-            result = run_cli(*base, "--out", str(blocker / "run"), timeout=60)
+            result = run_cli(*base, "--out", str(blocker / "run"))
             assert result.returncode == 2 and "is not a directory" in result.stderr
     finally:
         locked.chmod(0o700)
     bad = tmp_path / "bad.yaml"
     bad.write_text("hidden: [1, 2\n")
-    result = run_cli(*base, "--out", str(tmp_path / "r"), "--config", str(bad), timeout=60)
+    result = run_cli(*base, "--out", str(tmp_path / "r"), "--config", str(bad))
     assert result.returncode == 2 and "not valid YAML" in result.stderr and result.stderr.count("\n") == 1
     bad.write_text("- 1\n- 2\n")
-    result = run_cli(*base, "--out", str(tmp_path / "r"), "--config", str(bad), timeout=60)
+    result = run_cli(*base, "--out", str(tmp_path / "r"), "--config", str(bad))
     assert result.returncode == 2 and "must hold a mapping" in result.stderr

@@ -1,6 +1,7 @@
 """The Snakemake workflow end to end: the smoke study with real training and real rliable, the HTML report,
-reruns that must not retrain, missing seeds, the documented extension path, the paper study's DAG, schema errors
-and the local GPU handling. Every run happens in a temporary copy of the workflow so committed results stay put."""
+reruns that must not retrain, a killed Snakemake, missing seeds, the documented extension path, the paper study's
+DAG, schema and override errors, a SLURM profile without SLURM, a GPU study on a CPU machine and the local GPU
+handling. Every run happens in a temporary copy of the workflow so committed results stay put."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, scaled, subprocess_env
 
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"  # a local copy: tests never download
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "slurm")
@@ -56,8 +57,9 @@ def run_snakemake(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        env=subprocess_env(**(env or {})),
     )
+    timeout = scaled(timeout)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -75,6 +77,18 @@ def ok(result: subprocess.CompletedProcess) -> str:
     """Combined output of a successful run (Snakemake logs to both streams)."""
     assert result.returncode == 0, f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result.stdout + result.stderr
+
+
+def error_lines(stderr: str) -> list[str]:
+    """What a failed call said about the failure: its non-empty stderr lines after Snakemake's own preamble (the
+    profile notice, the run header up to "Building DAG of jobs...")."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if "Building DAG of jobs..." in lines:
+        lines = lines[len(lines) - lines[::-1].index("Building DAG of jobs...") :]
+    return [line for line in lines if not PROFILE_NOTICE.fullmatch(line)]
+
+
+PROFILE_NOTICE = re.compile(r"Using .*profile.* for setting default command line arguments\.")
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -204,7 +218,10 @@ def test_finished_runs_are_not_retrained(smoke, tmp_path):
     study["description"] = "edited"
     study_path.write_text(yaml.safe_dump(study, sort_keys=False))
     train_rule = work / "workflow" / "rules" / "train.smk"
-    train_rule.write_text(train_rule.read_text().replace("# One training job", "# Edited. One training job"))
+    rule_text = train_rule.read_text().replace("# One training job", "# Edited. One training job")
+    # A code-only edit of the shell command: the default workflow profile's rerun-triggers ignore it.
+    train_rule.write_text(rule_text.replace('"--out $(dirname', '"--out  $(dirname'))
+    assert train_rule.read_text() != rule_text
     counts = job_counts(ok(run_snakemake(work, "-n", *SMOKE_CONFIG)))
     assert "train" not in counts, counts
     assert counts["plots"] == 1 and counts["collect"] == 1
@@ -227,25 +244,31 @@ def test_finished_runs_are_not_retrained(smoke, tmp_path):
 
 def test_killed_training_job_resumes_on_rerun(tmp_path):
     """Killing Snakemake mid-run leaves the undeclared checkpoint in place; the next call resumes from it: the
-    finished run's accumulated training time exceeds the whole second call, so the first part was not redone."""
+    finished run's accumulated training time exceeds the whole last call, so the first part was not redone.
+    A call killed outright (SIGKILL: no cleanup) leaves Snakemake's locks behind; the plain command recovers.
+    The study is marked for GPUs, so every call here also needs (and tests) allow_cpu=true."""
     work = copy_workflow(tmp_path / "repo")
     study = {
         "seeds": [0],
         "eval_every": 500,
         "checkpoint_every": 100000,  # only the checkpoint written on SIGTERM
         "focus": "sac",
+        "resources": {"requires_gpu": True},
         "algorithms": {"sac": {"algo": "sac", "set": {"hidden": [32, 32], "learning_starts": 300, "batch_size": 32}}},
         "experiments": {"main": {"tasks": ["gym/Pendulum-v1"], "algorithms": ["sac"], "steps": 4000}},
     }
     (work / "config" / "studies" / "resume.yaml").write_text(yaml.safe_dump(study))
     run_dir = work / "results" / "resume" / "runs" / "sac" / "gym" / "Pendulum-v1" / "seed0"
     target = str((run_dir / "summary.json").relative_to(work))
-    command = [sys.executable, "-m", "snakemake", "--cores", "1", target, "--config", "study=resume"]
-    first = subprocess.Popen(
-        command, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    args = ["--cores", "1", target, "--config", "study=resume", "allow_cpu=true"]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=work, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())  # fmt: skip
+
+    first = start()
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + scaled(300)
         while time.monotonic() < deadline:
             evals = run_dir / "eval.csv"
             if evals.exists() and "\n3500," in evals.read_text():
@@ -255,20 +278,34 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
             pytest.fail("training did not reach step 3500 within 300 s")
     finally:
         os.killpg(first.pid, signal.SIGTERM)
-        first.wait(timeout=120)
+        first.wait(timeout=scaled(120))
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
     assert "received SIGTERM" in (run_dir / "train.log").read_text()
+    locks = work / ".snakemake" / "locks"
+    assert not any(locks.glob("*.lock")), "Snakemake cleans up after SIGTERM"
+
+    second = start()
+    try:
+        deadline = time.monotonic() + scaled(300)
+        while not any(locks.glob("*.lock")):
+            assert second.poll() is None and time.monotonic() < deadline, "the second call never took its locks"
+            time.sleep(0.1)
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait(timeout=scaled(60))
+    assert any(locks.glob("*.lock")), "SIGKILL left no stale lock; nothing is tested"
 
     started = time.monotonic()
-    ok(run_snakemake(work, "--cores", "1", target, "--config", "study=resume"))
-    second_call = time.monotonic() - started
+    output = ok(run_snakemake(work, *args))
+    last_call = time.monotonic() - started
+    assert "Removed stale Snakemake locks" in output
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["total_steps"] == 4000
     assert [int(line.split(",")[0]) for line in (run_dir / "eval.csv").read_text().splitlines()[1:]] == [
         1,
         *range(500, 4001, 500),
     ]
-    assert summary["wall_clock_s"] > second_call, (summary["wall_clock_s"], second_call)
+    assert summary["wall_clock_s"] > last_call, (summary["wall_clock_s"], last_call)
 
 
 TOY_AGENT = '''
@@ -371,6 +408,8 @@ def test_paper_study_dry_run_lists_every_job(tmp_path):
     [
         (lambda s: s["experiments"]["main"].update(steps="many"), "experiments.main.steps"),
         (lambda s: s["experiments"]["main"]["tasks"].append("dmc/cartpole-swingupp"), "experiments.main.tasks[2]"),
+        # Overrides are built into each label's config for each of its tasks when the study is read.
+        (lambda s: s["algorithms"]["sac"]["set"].update(hiden=[8]), "algorithms.sac.set.hiden"),
     ],
 )
 def test_bad_study_fails_with_one_line_naming_the_key(tmp_path, edit, key):
@@ -382,9 +421,53 @@ def test_bad_study_fails_with_one_line_naming_the_key(tmp_path, edit, key):
     config.write_text(config.read_text().replace("study: quick", "study: bad"))
     result = run_snakemake(work, "-n")
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert f"key '{key}'" in lines[0] and "bad.yaml" in lines[0]
+
+
+def test_slurm_profile_without_slurm_stops_with_one_line(tmp_path):
+    """A real submission needs sbatch; a dry run only plans and works anywhere."""
+    work = copy_workflow(tmp_path / "repo")
+    no_slurm = {"PATH": path_without_slurm(tmp_path)}
+    result = run_snakemake(work, "--profile", "slurm", *SMOKE_CONFIG, env=no_slurm)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "sbatch" in lines[0] and "not on PATH" in lines[0], result.stderr
+    assert not (work / "results").exists()
+    assert job_counts(ok(run_snakemake(work, "-n", "--profile", "slurm", *SMOKE_CONFIG, env=no_slurm)))["train"] == 8
+
+
+def path_without_slurm(tmp_path: Path) -> str:
+    """PATH with SLURM's commands hidden (tests/test_slurm.py may have installed them): each directory holding one
+    is replaced by a directory of links to everything else in it."""
+    slurm = {"sbatch", "squeue", "sacct", "scontrol", "scancel", "srun", "sinfo"}
+    directories = []
+    for index, directory in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if any((Path(directory) / tool).exists() for tool in slurm):
+            shadow = tmp_path / f"path{index}"
+            shadow.mkdir()
+            for entry in Path(directory).iterdir():
+                if entry.name not in slurm:
+                    (shadow / entry.name).symlink_to(entry)
+            directory = str(shadow)
+        directories.append(directory)
+    return os.pathsep.join(directories)
+
+
+def test_gpu_study_on_a_cpu_machine_is_refused(tmp_path):
+    """A study marked requires_gpu stops before training when no GPU is visible (allow_cpu=true, which overrides
+    it, is used by test_killed_training_job_resumes_on_rerun)."""
+    work = copy_workflow(tmp_path / "repo")
+    study_path = work / "config" / "studies" / "smoke.yaml"
+    study = yaml.safe_load(study_path.read_text())
+    study["resources"]["requires_gpu"] = True
+    study_path.write_text(yaml.safe_dump(study))
+    result = run_snakemake(work, "--cores", "1", *SMOKE_CONFIG, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "meant for GPUs" in lines[0] and "--config allow_cpu=true" in lines[0], result.stderr
+    assert not (work / "results" / "smoke" / "runs").exists()
 
 
 def test_bad_config_value_fails_with_one_line(tmp_path):

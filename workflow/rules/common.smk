@@ -1,5 +1,7 @@
-# Shared state of the workflow: validated config and study, output paths, GPU and SLURM site settings.
+# Shared state of the workflow: validated config and study, output paths, GPU and SLURM site settings, checks of
+# where the workflow runs, stale-lock recovery.
 # Logic lives in workflow/scripts/studylib.py (also used by the aggregation scripts and the tests).
+import fcntl
 import functools
 import logging
 import os
@@ -27,7 +29,7 @@ def _one_line_exit(message):
 
 
 # `--config partial=true` arrives as a string; the schema wants booleans.
-for _key in ("partial", "reference_required"):
+for _key in ("partial", "reference_required", "allow_cpu"):
     if isinstance(config.get(_key), str) and config[_key].lower() in ("true", "false"):
         config[_key] = config[_key].lower() == "true"
 
@@ -106,7 +108,8 @@ def train_local_gpus(wildcards):
 # ----------------------------------------------------------------------------------------------- SLURM
 @functools.cache
 def slurm_site():
-    """Partition/account for sbatch from DIME_SLURM_PARTITION / DIME_SLURM_ACCOUNT, checked once per run."""
+    """Partition/account for sbatch from DIME_SLURM_PARTITION / DIME_SLURM_ACCOUNT, checked once per run (first by
+    check_execution, so that a missing setting stops the workflow with one line before anything is submitted)."""
     if getattr(workflow.executor_plugin, "name", None) != "slurm":
         return {}
     try:
@@ -121,6 +124,72 @@ def slurm_partition(wildcards):
 
 def slurm_account(wildcards):
     return slurm_site().get("slurm_account")
+
+
+# ------------------------------------------------------------------------------------ where jobs will run
+# The executor and dry-run mode are known only once Snakemake builds the DAG, after this file is parsed. The train
+# rule's input function (no files) runs these checks then: before the lock, the job table or any submission, and a
+# sys.exit there (unlike in a resource function, which Snakemake wraps in a traceback) prints exactly one line.
+def train_checks(wildcards):
+    """No input files; stops the workflow with one line when a run that still has to train cannot train here."""
+    if not os.path.exists(summary_path(run_of(wildcards))):
+        check_execution()
+    return []
+
+
+@functools.cache
+def check_execution():
+    """Real runs only: with --profile slurm, SLURM's commands and site settings must be there; locally, a study
+    meant for GPUs needs a visible GPU or allow_cpu=true."""
+    if workflow.executor_plugin is None or workflow.dryrun or workflow.touch or not workflow.is_main_process:
+        return
+    if getattr(workflow.executor_plugin, "name", None) == "slurm":
+        missing = [tool for tool in ("sbatch", "squeue") if shutil.which(tool) is None]
+        if missing:
+            _one_line_exit(
+                f"--profile slurm submits training jobs with sbatch and polls them with squeue, but {missing[0]} is "
+                "not on PATH: this machine is not a SLURM login node. Submit from one, or train here with "
+                "`snakemake --cores all` (a GPU study also needs --config allow_cpu=true)"
+            )
+        slurm_site()
+    elif workflow.local_exec and STUDY.data["resources"]["requires_gpu"] and LOCAL_GPUS == 0:
+        if not config["allow_cpu"]:
+            _one_line_exit(
+                f"study {STUDY.name!r} is meant for GPUs (resources.requires_gpu in "
+                f"{studylib.display_path(STUDY_FILE)}) but this machine shows none (CUDA_VISIBLE_DEVICES, "
+                "nvidia-smi); submit it to a cluster with --profile slurm, or add --config allow_cpu=true to train "
+                "it on the CPU anyway"
+            )
+
+
+# ------------------------------------------------------------------------------------ stale Snakemake locks
+# Snakemake locks the outputs it works on in .snakemake/locks/ and removes the locks when it exits, but not when it
+# is killed (SIGKILL, a closed terminal); every later call then stops with a LockException until `--unlock`. Every
+# Snakemake process of this workflow (in its main process) holds a shared flock on .snakemake/dime-alive.lock for
+# its whole life; the kernel drops it when the process dies, however it dies. A new call that can take the flock
+# exclusively knows that no Snakemake process of this workflow is alive in this directory, so locks found there
+# were left by a killed one and are removed. While another call runs, its locks are left alone and Snakemake's own
+# check applies. (Across machines sharing the directory over NFS this needs working NFS locks, as every flock.)
+def hold_liveness_lock():
+    state = Path(".snakemake")
+    state.mkdir(exist_ok=True)
+    fd = os.open(state / "dime-alive.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass  # another Snakemake call of this workflow is alive: its locks are real
+    else:
+        stale = sorted((state / "locks").glob("*.lock"))
+        for lock in stale:
+            lock.unlink(missing_ok=True)
+        if stale:
+            print("Removed stale Snakemake locks left by a killed call (no other call runs here).", file=sys.stderr)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+if workflow.is_main_process:
+    LIVENESS_LOCK = hold_liveness_lock()
 
 
 # ---------------------------------------------------------------------------------------- run lookups

@@ -5,10 +5,13 @@
 # job fails or is killed, and rerunning the workflow resumes from the checkpoint. The params are exactly what
 # defines a run (algorithm, overrides, budget, eval cadence) and the rule has no input files, so editing code,
 # scripts, the Snakefile or other study entries never marks a finished run as outdated; raising a run's budget does,
-# and the trainer then continues from its checkpoint.
+# and the trainer then continues from its checkpoint. The input function adds no file: it stops the workflow with
+# one line when a run that still has to train cannot train where it is about to run (workflow/rules/common.smk).
 
 
 rule train:
+    input:
+        train_checks,
     output:
         f"{RUNS}/{{label}}/{{task}}/seed{{seed}}/summary.json",
     log:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,10 @@ def load_study(
     """Read, validate and expand a study file; every problem raises :class:`StudyError` with one line.
 
     ``check_registry`` resolves task names against :mod:`dime.tasks` and algorithm names against
-    :data:`dime.agents.ALGORITHMS` (imports torch); ``normalisation`` (config/normalisation.yaml) lets the check
-    reject Gym tasks that have no normalisation reference.
+    :data:`dime.agents.ALGORITHMS` (imports torch), and builds each label's algorithm config with its ``set:``
+    overrides for each of its tasks, so a misspelt key or a value out of range fails here (and ``snakemake -n``)
+    instead of inside every training job of that label; ``normalisation`` (config/normalisation.yaml) lets the
+    check reject Gym tasks that have no normalisation reference.
     """
     path = Path(study_path)
     source = str(path)
@@ -334,12 +337,21 @@ def _check_registry(data: dict[str, Any], source: str, normalisation: dict[str, 
     set_gl = "MUJOCO_GL" not in os.environ
     if set_gl:
         os.environ["MUJOCO_GL"] = "disable"
+    # Training jobs run `python -m dime.train` in the working directory, so a `module:Class` algorithm imports from
+    # there; the `snakemake` entry point does not put it on sys.path by itself.
+    workdir = os.getcwd()
+    add_workdir = workdir not in sys.path
+    if add_workdir:
+        sys.path.insert(0, workdir)
     try:
         _check_names(data, source, normalisation)
+        _check_overrides(data, source)
     finally:
         logging.getLogger().handlers[:] = root_handlers
         if set_gl:
             os.environ.pop("MUJOCO_GL", None)
+        if add_workdir:
+            sys.path.remove(workdir)
 
 
 def _check_names(data: dict[str, Any], source: str, normalisation: dict[str, Any] | None) -> None:
@@ -365,6 +377,32 @@ def _check_names(data: dict[str, Any], source: str, normalisation: dict[str, Any
                     f"invalid study {source}: key '{key}': Gym task {task!r} has no normalisation reference in "
                     "config/normalisation.yaml (add random and reference returns)"
                 )
+
+
+def _check_overrides(data: dict[str, Any], source: str) -> None:
+    """Build every label's config for every task it runs on, as its training jobs will."""
+    from dime.agents import ConfigError, UnknownAlgorithmError, load_algorithm
+    from dime.tasks import get_task
+
+    tasks: dict[str, list[str]] = {}  # label -> the tasks it runs on, in study order
+    for spec in data["experiments"].values():
+        for entry in spec["algorithms"]:
+            label = entry if isinstance(entry, str) else entry["label"]
+            for task in spec["tasks"] if isinstance(entry, str) else entry["tasks"]:
+                if task in spec["tasks"] and task not in tasks.setdefault(label, []):
+                    tasks[label].append(task)
+    for label, spec in data["algorithms"].items():
+        try:
+            algorithm = load_algorithm(spec["algo"])
+        except UnknownAlgorithmError as error:
+            raise StudyError(f"invalid study {source}: key 'algorithms.{label}.algo': {error}") from None
+        overrides = spec.get("set", {})
+        for task in tasks.get(label, []):
+            try:
+                algorithm.default_config(get_task(task)).replace(**overrides)
+            except ConfigError as error:
+                key = f"algorithms.{label}.set" + (f".{error.key}" if error.key in overrides else "")
+                raise StudyError(f"invalid study {source}: key '{key}': {error} (on {task})") from None
 
 
 def override_args(overrides: tuple[tuple[str, Any], ...]) -> list[str]:
