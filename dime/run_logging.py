@@ -135,13 +135,13 @@ class RunLogger:
         self._rate_mark = (start_step, train_seconds)
         self.steps_per_s: float | None = None
         self._line_mark = (start_step, time.monotonic())
-        self._tensorboard = self._open_tensorboard(purge_step=start_step if start_step > 0 else None)
-        self._wandb = self._open_wandb(run_name, config, device, config_hash) if options.wandb else None
         self._bar = None
         if start_step > 0:
             self._print(f"resumed from env step {start_step} of {total_steps}: {run_name}, out {out_dir}")
         else:
             self._print(f"start: {run_name}, {total_steps} env steps, device {device}, out {out_dir}")
+        self._tensorboard = self._open_tensorboard(purge_step=start_step if start_step > 0 else None)
+        self._wandb = self._open_wandb(run_name, config, device, config_hash) if options.wandb else None
         if not quiet:
             from tqdm import tqdm
 

@@ -129,7 +129,8 @@ def run_status(directory: str | Path, target_steps: int, now: float | None = Non
     holder = run_lock_holder(directory)
     if holder is not None or (progress and _progress_alive(progress, now)):
         pid = holder if holder is not None else progress.get("pid")
-        where = f"pid {pid}" + (f" on {progress['host']}" if progress.get("host") != socket.gethostname() else "")
+        host = progress.get("host")
+        where = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
         return RunStatus("running", step, target_steps, score, _eta(target_steps, step, speed), speed, where)
 
     error = last_attempt_error(directory / "train.log")
