@@ -23,20 +23,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from dime.cli import HelpFormatter, Parser
+from dime.cli import fail as _fail
 
 #: MyoSuite's default free camera sees the arm from afar; this one of its hand models shows the fingers and object.
 MYO_CAMERA = "hand_side_inter"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        _fail(message)
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _positive(text: str) -> int:
@@ -60,12 +53,9 @@ def _index(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dime.train import HelpFormatter
-
     intro, _usage, *details = __doc__.split("\n\n")
-    parser = _Parser(
-        prog="python -m dime.evaluate", description=intro, epilog=" ".join(details), formatter_class=HelpFormatter
-    )
+    epilog = " ".join(details).replace("``", "")
+    parser = Parser(prog="python -m dime.evaluate", description=intro, epilog=epilog, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", help="a run directory of python -m dime.train (config.yaml, checkpoint.pt)")
     parser.add_argument("--episodes", type=_positive, help="episodes (default: the algorithm's eval_episodes)")
     parser.add_argument(

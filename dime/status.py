@@ -19,7 +19,6 @@ Nothing is loaded but small text files (no torch), so it is quick on a study of 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -29,8 +28,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from dime.cli import HelpFormatter, Parser
+from dime.cli import fail as _fail
 from dime.run_lock import run_lock_holder
 from dime.run_logging import START_MARKERS, format_duration, read_progress
 
@@ -149,11 +150,6 @@ def run_status(directory: str | Path, target_steps: int, now: float | None = Non
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _studylib() -> Any:
     scripts = REPO_ROOT / "workflow" / "scripts"
     if not (scripts / "studylib.py").is_file():
@@ -194,11 +190,7 @@ def format_table(rows: list[dict[str, str]], columns: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dime.status",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = Parser(prog="python -m dime.status", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("target", help="the study's results directory (results/<study>) or the study's name")
     parser.add_argument("--study", help="study file (default: config/studies/<name of the results directory>.yaml)")
     parser.add_argument("--only", help=f"comma-separated states to list ({', '.join(STATES)}); totals stay complete")

@@ -16,38 +16,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from dime._warnings import silence_third_party_noise
 from dime.agents import ALGORITHMS, ConfigError, UnknownAlgorithmError
 from dime.checkpoint import CheckpointError
+from dime.cli import HelpFormatter
+from dime.cli import Parser as _Parser
+from dime.cli import fail as _fail
 from dime.compilation import COMPILE_MODES
 from dime.run_logging import LogOptions, parse_wandb_target
 from dime.tasks import UnknownTaskError
 
 #: Keys of a run's config.yaml that ``--config`` turns into defaults of these options.
 _RUN_KEYS = {"algo": "algo", "task": "task", "seed": "seed", "total_steps": "steps", "eval_every": "eval_every"}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        _fail(message)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none (None, False, empty list)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, []):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _count(text: str) -> int:
