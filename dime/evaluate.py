@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["MUJOCO_GL"] = "egl"
 
     import numpy as np
+    import torch
     import yaml
 
     from dime._warnings import silence_third_party_noise
@@ -117,9 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             ),
             run_dir,
         )
+    except (KeyError, TypeError, ValueError) as error:  # a config.yaml that is not a run's
+        _fail(f"cannot evaluate {run_dir}: its config.yaml does not describe a run ({type(error).__name__}: {error})")
+    if trainer.device.type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    try:
         state = load_checkpoint(run_dir / "checkpoint.pt", trainer._identity())
-    except (CheckpointError, KeyError, TypeError, ValueError) as error:
-        _fail(f"cannot evaluate {run_dir}: {error}")
+    except CheckpointError as error:
+        _fail(str(error))
     history, checkpoint_step = state["eval_history"], state["step"]
     eval_index = args.eval_index if args.eval_index is not None else max(len(history) - 1, 0)
     episodes = args.episodes or trainer.agent_config.eval_episodes

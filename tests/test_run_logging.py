@@ -54,6 +54,15 @@ def test_short_run_has_a_metrics_row_and_tensorboard_events_with_the_logged_scal
     assert progress["last_score"] == pytest.approx(float(evals[-1]["mean_return"]))
 
 
+def test_without_tensorboard_a_run_warns_once_and_logs_metrics_jsonl(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # a GPU node with only the training stack
+    overrides = {**TINY_SAC, "learning_starts": 20}
+    train("sac", "gym/Pendulum-v1", seed=0, total_steps=20, out_dir=tmp_path, eval_every=100, agent_overrides=overrides)
+    assert capsys.readouterr().err.count("the tensorboard package is not installed") == 1
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "summary.json").exists()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [20]
+
+
 def test_config_yaml_recreates_the_run(short_run, tmp_path):
     copy = tmp_path / "copy"
     args = ["--config", str(short_run / "config.yaml"), "--out", str(copy), "--quiet", "--threads", "1"]
