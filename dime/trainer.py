@@ -5,8 +5,8 @@ Per env step (the DIME reference's SB3 semantics, ``dime.md`` §2.3):
 1. act: uniform random actions in [-1, 1]^A for the first ``learning_starts`` steps, the agent's stochastic
    policy afterwards;
 2. step the training env; ``env_step += 1``;
-3. evaluate at env step 1 and every ``eval_every`` steps, on a separate env re-seeded per evaluation, *before* the
-   transition is stored (as the reference's callback does);
+3. evaluate at env step 1 and every ``eval_every`` steps, on a separate env re-seeded per evaluation (policy noise
+   too, see :func:`evaluation_episodes`), *before* the transition is stored (as the reference's callback does);
 4. store ``(s, a, r, s', terminated)``; time-limit truncations bootstrap;
 5. ``agent.update(buffer, env_step)`` once ``env_step > learning_starts`` (the agent runs its UTD loop).
 
