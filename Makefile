@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine:
 #   make run    create .venv if missing, then run the default study (snakemake --cores all)
 #   make test   create .venv if missing, then run the test suite
+# Variables: make run STUDY=smoke CORES=2 runs config/studies/smoke.yaml on 2 cores (defaults: STUDY=quick,
+# CORES=all); PYTEST_ARGS="-k status" passes arguments to pytest; TORCH_SPEC picks the torch wheel.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

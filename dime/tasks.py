@@ -172,15 +172,17 @@ def _import_suite(suite: Suite) -> None:
         import myosuite  # noqa: F401
 
 
-def make_env(task: str | TaskSpec, seed: int | None = None) -> gym.Env:
+def make_env(task: str | TaskSpec, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
     """Build the environment of ``task`` with the common contract of this module.
 
     ``seed`` seeds the first reset and the action space (for uniform warm-up actions); later episodes should be
     reset with explicit seeds by the caller when exact reproducibility across restarts matters (the trainer does).
+    ``render_mode="rgb_array"`` makes ``env.render()`` return frames (needs ``MUJOCO_GL=egl`` or ``osmesa`` set
+    before this module is imported; see ``dime.evaluate``).
     """
     spec = get_task(task) if isinstance(task, str) else task
     _import_suite(spec.suite)
-    env = gym.make(spec.env_id)
+    env = gym.make(spec.env_id, **({"render_mode": render_mode} if render_mode else {}))
     if spec.suite == "myo" and env.spec is not None and env.spec.max_episode_steps is None:
         env = gym.wrappers.TimeLimit(env, spec.episode_length)
     env = _FlatFloat32Observation(env)

@@ -3,10 +3,12 @@
     python -m dime.train --algo dime --task dmc/cheetah-run --seed 0 --steps 1e6 --out runs/dime/cheetah-run/0
 
 Rerunning the same command resumes from ``<out>/checkpoint.pt``; a finished run (``summary.json`` present) is not
-retrained. User mistakes (unknown algorithm/task/config key, a value out of range, bad numbers, a device this
-machine lacks, unwritable directory, malformed config) end with one ``error:`` line and exit status 2 before the
-output directory is created or changed. A corrupt or foreign checkpoint, and a directory another training is
-using, are refused the same way, and every file already in the directory stays as it was.
+retrained. ``--config <run>/config.yaml --out <new dir>`` re-creates a run (algorithm, task, seed, steps, eval
+cadence, compile mode and every hyperparameter; flags given on the command line win). User mistakes (unknown
+algorithm/task/config key, a value out of range, bad numbers, a device this machine lacks, unwritable directory,
+malformed config) end with one ``error:`` line and exit status 2 before the output directory is created or changed.
+A corrupt or foreign checkpoint, and a directory another training is using, are refused the same way, and every
+file already in the directory stays as it was.
 """
 
 from __future__ import annotations
@@ -16,24 +18,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
+from dime._warnings import silence_third_party_noise
 from dime.agents import ALGORITHMS, ConfigError, UnknownAlgorithmError
 from dime.checkpoint import CheckpointError, RunDirectoryBusy, locked_run_directory
+from dime.cli import HelpFormatter
+from dime.cli import Parser as _Parser
+from dime.cli import fail as _fail
 from dime.compilation import COMPILE_MODES
+from dime.run_logging import LogOptions, parse_wandb_target
 from dime.tasks import UnknownTaskError
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        _fail(message)
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+#: Keys of a run's config.yaml that ``--config`` turns into defaults of these options.
+_RUN_KEYS = {"algo": "algo", "task": "task", "seed": "seed", "total_steps": "steps", "eval_every": "eval_every"}
 
 
 def _count(text: str) -> int:
@@ -70,8 +70,26 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
+
+
+def _wandb_target(text: str) -> str:
+    try:
+        parse_wandb_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _load_config_file(path: str) -> dict[str, Any]:
-    """A YAML mapping of agent hyperparameters (the ``agent:`` section of a run's config.yaml also works)."""
+    """A YAML mapping of agent hyperparameters, or a run's config.yaml (its ``agent:`` section plus run keys)."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as error:
@@ -84,7 +102,18 @@ def _load_config_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         _fail(f"config file {path!r} must hold a mapping of hyperparameters, got {type(data).__name__}")
-    return data.get("agent", data) if isinstance(data.get("agent"), dict) else data
+    return data
+
+
+def _split_config(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(option defaults, agent overrides) of a config file: a run's config.yaml gives both, a plain mapping of
+    hyperparameters only the overrides."""
+    if not isinstance(data.get("agent"), dict):
+        return {}, data
+    defaults = {option: data[key] for key, option in _RUN_KEYS.items() if key in data}
+    if data.get("compile") in COMPILE_MODES:
+        defaults["compile"] = data["compile"]
+    return defaults, data["agent"]
 
 
 def _check_writable(out: Path) -> None:
@@ -98,15 +127,21 @@ def _check_writable(out: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m dime.train", description=__doc__.split("\n\n")[0])
+    parser = _Parser(
+        prog="python -m dime.train",
+        description=__doc__.split("\n\n")[0],
+        epilog="Outputs in --out: eval.csv, metrics.jsonl, tensorboard/, progress.json, config.yaml, checkpoint.pt, "
+        "summary.json (last; marks a finished run). See the README, section 'One run'.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--algo", help=f"algorithm: {', '.join(ALGORITHMS)}, or module:Class")
-    parser.add_argument("--task", help="task, e.g. dmc/dog-run, gym/Humanoid-v4, myo/key-turn-hard")
-    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--task", help="task, e.g. dmc/dog-run, gym/Humanoid-v4, myo/key-turn-hard (--list-tasks)")
+    parser.add_argument("--seed", type=_seed, default=0, help="run seed (networks, warm-up actions, env resets)")
     parser.add_argument("--steps", type=_count, default=1_000_000, help="total env steps (1e6 accepted)")
-    parser.add_argument("--out", help="run directory (outputs, checkpoint)")
+    parser.add_argument("--out", help="run directory (outputs, checkpoint); rerunning into it resumes")
     parser.add_argument("--eval-every", type=_count, default=3000, help="env steps between evaluations")
-    parser.add_argument("--checkpoint-every", type=_count, default=10_000)
-    parser.add_argument("--log-every", type=_count, default=1000)
+    parser.add_argument("--checkpoint-every", type=_count, default=10_000, help="env steps between checkpoints")
+    parser.add_argument("--log-every", type=_count, default=1000, help="env steps between metrics.jsonl rows")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=_count, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument(
@@ -116,18 +151,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="off: eager reference; on: torch.compile the updates and action sampling; cudagraphs: also capture "
         "CUDA graphs (CUDA only)",
     )
-    parser.add_argument("--config", help="YAML file of agent hyperparameter overrides")
     parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="agent hyperparameter overrides"
+        "--config",
+        help="YAML file of agent hyperparameter overrides, or a run's config.yaml to re-create that run (its "
+        "algorithm, task, seed, steps, eval cadence, compile mode and hyperparameters; other flags override it)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent hyperparameter overrides (repeatable; later values win)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar: one line on start/resume and one every --progress-every steps or "
+        "--progress-minutes minutes (batch jobs, train.log, SLURM output)",
+    )
+    parser.add_argument(
+        "--progress-every", type=_count, default=LogOptions.progress_every, help="--quiet: env steps between lines"
+    )
+    parser.add_argument(
+        "--progress-minutes",
+        type=_positive_minutes,
+        default=LogOptions.progress_minutes,
+        help="--quiet: at most this many minutes between lines",
+    )
+    parser.add_argument(
+        "--wandb",
+        type=_wandb_target,
+        metavar="PROJECT[/ENTITY]",
+        help="also log to Weights & Biases (pip install 'dime-repro[wandb]'); offline unless WANDB_API_KEY or "
+        "WANDB_MODE is set; a resumed run continues the same W&B run",
+    )
     parser.add_argument("--list-tasks", action="store_true", help="print every task name and exit")
     parser.add_argument("--list-algos", action="store_true", help="print every algorithm name and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.config:
+        defaults, overrides = _split_config(_load_config_file(args.config))
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)  # the file's values are defaults: flags given on the command line win
     if args.list_algos:
         print("\n".join(ALGORITHMS))
         return 0
@@ -139,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("algo", "task", "out"):
         if getattr(args, name) is None:
             _fail(f"--{name} is required")
-    overrides = _load_config_file(args.config) if args.config else {}
     overrides.update(_parse_sets(args.set))
+    if args.wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            _fail("--wandb needs the wandb package: pip install 'dime-repro[wandb]' (or wandb==0.31.0)")
     out = Path(args.out)
     _check_writable(out)
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
@@ -149,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dime.trainer import Preempted, TrainConfig, Trainer
+
+    silence_third_party_noise()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile,
             agent=overrides,
         )
-        trainer = Trainer(config, out, quiet=args.quiet)
+        log_options = LogOptions(args.wandb, args.progress_every, args.progress_minutes)
+        trainer = Trainer(config, out, quiet=args.quiet, log_options=log_options)
     except (UnknownAlgorithmError, UnknownTaskError, ConfigError, ValueError) as error:
         _fail(str(error))
     try:

@@ -5,8 +5,8 @@ Per env step (the DIME reference's SB3 semantics, ``dime.md`` §2.3):
 1. act: uniform random actions in [-1, 1]^A for the first ``learning_starts`` steps, the agent's stochastic
    policy afterwards;
 2. step the training env; ``env_step += 1``;
-3. evaluate at env step 1 and every ``eval_every`` steps, on a separate env re-seeded per evaluation, *before* the
-   transition is stored (as the reference's callback does);
+3. evaluate at env step 1 and every ``eval_every`` steps, on a separate env re-seeded per evaluation (policy noise
+   too, see :func:`evaluation_episodes`), *before* the transition is stored (as the reference's callback does);
 4. store ``(s, a, r, s', terminated)``; time-limit truncations bootstrap;
 5. ``agent.update(buffer, env_step)`` once ``env_step > learning_starts`` (the agent runs its UTD loop).
 
@@ -23,8 +23,10 @@ may not be bitwise deterministic). While it trains, the process holds the run di
 
 Outputs: ``eval.csv`` (deterministic: no wall-clock column), ``config.yaml`` (resolved), ``checkpoint.pt`` (with
 an integrity digest) and ``summary.json`` last, which marks a finished run, are replaced atomically;
-``metrics.jsonl`` (losses, alpha, Q, steps/s, every ``log_every`` steps) is appended to, and a resumed run drops
-its rows after the checkpoint, and a line torn by a kill or a full disk, with a warning.
+``metrics.jsonl`` (losses, alpha, Q, steps/s, every ``log_every`` steps and at the last step) is appended to, and a
+resumed run drops its rows after the checkpoint, and a line torn by a kill or a full disk, with a warning.
+:mod:`dime.run_logging` adds TensorBoard event files, optionally a W&B run, progress lines and ``progress.json``
+(what ``python -m dime.status`` reads).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,7 @@ from dime.checkpoint import (
 from dime.compilation import COMPILE_MODES
 from dime.provenance import config_hash, git_state, hardware, package_versions, scheduler_ids
 from dime.replay import ReplayBuffer
+from dime.run_logging import LogOptions, RunLogger
 from dime.tasks import TaskSpec, episode_success, get_task, make_env
 
 EVAL_COLUMNS = (
@@ -67,7 +70,7 @@ EVAL_COLUMNS = (
     "mean_length",
     "episode_returns",
 )
-_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+_TRAIN_STREAM, _EVAL_STREAM, _EVAL_POLICY_STREAM = 0, 1, 2
 
 
 class Preempted(Exception):
@@ -158,10 +161,13 @@ def _signals_recorded(received: list[int]) -> Iterator[None]:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out_dir: str | Path, quiet: bool = True):
+    def __init__(
+        self, config: TrainConfig, out_dir: str | Path, quiet: bool = True, log_options: LogOptions | None = None
+    ):
         self.config = config
         self.out_dir = Path(out_dir)
         self.quiet = quiet
+        self.log_options = log_options or LogOptions()
         self.task: TaskSpec = get_task(config.task)
         self.agent_cls: type[Agent] = load_algorithm(config.algo)
         self.agent_config: AgentConfig = self.agent_cls.default_config(self.task).replace(**config.agent)
@@ -285,42 +291,23 @@ class Trainer:
         self._truncate_metrics(self.step)
 
     # ------------------------------------------------------------ evaluation
+    def _raise_if_stopped(self) -> None:
+        if self._stop_signals:
+            raise _EvaluationInterrupted
+
     def evaluate(self) -> dict[str, Any]:
         """``eval_episodes`` episodes with the algorithm's own protocol (stochastic for DIME)."""
-        cfg, agent_cfg = self.config, self.agent_config
         eval_index = len(self.eval_history)
-        obs, _ = self.eval_env.reset(seed=derive_seed(cfg.seed, _EVAL_STREAM, eval_index))
-        returns, lengths, success_final, success_any = [], [], [], []
-        for _ in range(agent_cfg.eval_episodes):
-            total, length, solved_any, solved_last = 0.0, 0, False, None
-            while True:
-                if self._stop_signals:
-                    raise _EvaluationInterrupted
-                with torch.no_grad():
-                    obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
-                    action = self.agent.act(obs_t, deterministic=agent_cfg.eval_deterministic)[0].cpu().numpy()
-                obs, reward, terminated, truncated, info = self.eval_env.step(action)
-                total += float(reward)
-                length += 1
-                solved_last = episode_success(info)
-                solved_any = solved_any or bool(solved_last)
-                if terminated or truncated:
-                    break
-            returns.append(total)
-            lengths.append(length)
-            if solved_last is not None:
-                success_final.append(float(solved_last))
-                success_any.append(float(solved_any))
-            obs, _ = self.eval_env.reset()
-        record = {
-            "step": self.step,
-            "eval_index": eval_index,
-            "mean_return": float(np.mean(returns)),
-            "success_final": float(np.mean(success_final)) if success_final else None,
-            "success_any": float(np.mean(success_any)) if success_any else None,
-            "mean_length": float(np.mean(lengths)),
-            "episode_returns": " ".join(f"{r:.6g}" for r in returns),
-        }
+        episodes = evaluation_episodes(
+            self.agent,
+            self.eval_env,
+            self.agent_config.eval_episodes,
+            self.agent_config.eval_deterministic,
+            self.config.seed,
+            eval_index,
+            on_step=self._raise_if_stopped,
+        )
+        record = {"step": self.step, "eval_index": eval_index, **episodes}
         self.eval_history.append(record)
         self._write_eval_csv()
         return record
@@ -386,11 +373,11 @@ class Trainer:
         atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         received = self._stop_signals
         received.clear()
-        progress = _progress(cfg.total_steps, self.step, disable=self.quiet)
         window_start, window_steps = time.perf_counter(), 0
         last_metrics: dict[str, torch.Tensor] = {}
         finished_episodes: list[float] = []
         with _signals_recorded(received):
+            run_log = self._open_run_log(resolved)
             while self.step < cfg.total_steps:
                 tick = time.perf_counter()
                 evaluates = self.step + 1 == 1 or (self.step + 1) % cfg.eval_every == 0
@@ -412,11 +399,11 @@ class Trainer:
                         record = self.evaluate()
                     except _EvaluationInterrupted:
                         self._save(boundary)
-                        progress.close()
+                        run_log.close()
                         raise Preempted(received[0], self.step - 1) from None
                     self.eval_seconds += time.perf_counter() - eval_start
                     tick += time.perf_counter() - eval_start
-                    progress.set_postfix_str(f"eval {self.score(record):.4g}", refresh=False)
+                    run_log.evaluation(record, self.score(record))
                 self.buffer.add(self.obs, action, reward, next_obs, terminated)
                 if terminated or truncated:
                     finished_episodes.append(self.episode_return)
@@ -430,22 +417,44 @@ class Trainer:
                     self.update_calls += 1
                 self.train_seconds += time.perf_counter() - tick
                 window_steps += 1
-                progress.update(1)
-                if self.step % cfg.log_every == 0:
+                run_log.advance(self.step, self.train_seconds)
+                # Every log interval, and the last step, so that even a run shorter than log_every has a row.
+                if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     now = time.perf_counter()
                     sps = window_steps / max(now - window_start, 1e-9)
                     window_start, window_steps = now, 0
-                    self._log(_metrics_row(self.step, sps, last_metrics, finished_episodes))
+                    row = _metrics_row(self.step, sps, last_metrics, finished_episodes)
+                    self._log(row)
+                    run_log.metrics(row)
                     finished_episodes = []
-                    progress.set_postfix_str(f"{sps:.1f} steps/s | {_last_eval(self)}", refresh=False)
                 if self.step % cfg.checkpoint_every == 0 or received:
                     self._save()
+                    run_log.checkpoint(self.step)
                     if received:
-                        progress.close()
+                        run_log.close()
                         raise Preempted(received[0], self.step)
-        progress.close()
         self._save()
-        return self._write_summary()
+        run_log.checkpoint(self.step)
+        summary = self._write_summary()
+        run_log.close(summary)
+        return summary
+
+    def _open_run_log(self, resolved: dict[str, Any]) -> RunLogger:
+        cfg = self.config
+        last = self.eval_history[-1] if self.eval_history else None
+        return RunLogger(
+            self.out_dir,
+            run_name=f"{cfg.algo} on {cfg.task} seed {cfg.seed}",
+            config=resolved,
+            total_steps=cfg.total_steps,
+            start_step=self.step,
+            train_seconds=self.train_seconds,
+            last_eval=(last["step"], self.score(last)) if last else None,
+            quiet=self.quiet,
+            options=self.log_options,
+            device=self.device,
+            config_hash=self.config_hash,
+        )
 
     def _write_summary(self) -> dict[str, Any]:
         commit, dirty = git_state()
@@ -501,22 +510,61 @@ def _metrics_row(step: int, sps: float, metrics: dict[str, torch.Tensor], episod
     return row
 
 
-def _last_eval(trainer: Trainer) -> str:
-    return f"eval {trainer.score(trainer.eval_history[-1]):.4g}" if trainer.eval_history else "no eval yet"
+def evaluation_episodes(
+    agent: Agent,
+    env: Any,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+    eval_index: int,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluation ``eval_index`` of run ``seed``: ``episodes`` episodes of ``agent`` on ``env`` with the algorithm's
+    own rule (``deterministic`` as its config says; DIME samples). Returns the ``eval.csv`` columns it measures.
 
-
-class _NullProgress:
-    def update(self, n: int) -> None: ...
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(total: int, start: int, disable: bool) -> Any:
-    if disable:
-        return _NullProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.05)
+    The first reset is seeded from (seed, eval_index), later episodes continue the env's generator, and the policy's
+    sampling noise comes from torch's generators seeded the same way inside ``fork_rng``: an evaluation is a
+    function of the policy and (seed, eval_index) alone, so ``dime.evaluate`` reproduces it from a checkpoint, and
+    it leaves the training run's random streams untouched. ``on_step`` runs after every reset and env step (video
+    frames).
+    """
+    obs, _ = env.reset(seed=derive_seed(seed, _EVAL_STREAM, eval_index))
+    returns, lengths, success_final, success_any = [], [], [], []
+    cuda_devices = []
+    if agent.device.type == "cuda":
+        cuda_devices = [torch.cuda.current_device() if agent.device.index is None else agent.device.index]
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(derive_seed(seed, _EVAL_POLICY_STREAM, eval_index))
+        for _ in range(episodes):
+            if on_step is not None:
+                on_step()
+            total, length, solved_any, solved_last = 0.0, 0, False, None
+            while True:
+                with torch.no_grad():
+                    obs_t = torch.as_tensor(obs, device=agent.device).unsqueeze(0)
+                    action = agent.act(obs_t, deterministic=deterministic)[0].cpu().numpy()
+                obs, reward, terminated, truncated, info = env.step(action)
+                if on_step is not None:
+                    on_step()
+                total += float(reward)
+                length += 1
+                solved_last = episode_success(info)
+                solved_any = solved_any or bool(solved_last)
+                if terminated or truncated:
+                    break
+            returns.append(total)
+            lengths.append(length)
+            if solved_last is not None:
+                success_final.append(float(solved_last))
+                success_any.append(float(solved_any))
+            obs, _ = env.reset()
+    return {
+        "mean_return": float(np.mean(returns)),
+        "success_final": float(np.mean(success_final)) if success_final else None,
+        "success_any": float(np.mean(success_any)) if success_any else None,
+        "mean_length": float(np.mean(lengths)),
+        "episode_returns": " ".join(f"{r:.6g}" for r in returns),
+    }
 
 
 def train(
@@ -532,6 +580,7 @@ def train(
     device: str = "auto",
     compile: str = "off",
     quiet: bool = True,
+    log_options: LogOptions | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run and return its summary (also written to ``out_dir/summary.json``)."""
     optional = {"eval_every": eval_every, "checkpoint_every": checkpoint_every, "log_every": log_every}
@@ -545,7 +594,7 @@ def train(
         agent=dict(agent_overrides or {}),
         **{k: v for k, v in optional.items() if v is not None},
     )
-    return Trainer(config, out_dir, quiet=quiet).run()
+    return Trainer(config, out_dir, quiet=quiet, log_options=log_options).run()
 
 
 def read_eval_csv(path: str | Path) -> list[dict[str, str]]:

@@ -35,7 +35,7 @@ def test_outputs_and_eval_schedule(tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "400", "800"]
     assert all(len(r.split(",")[-1].split()) == 2 for r in rows[1:]), "two episodes per evaluation"
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [200, 400, 600, 800]
+    assert [m["step"] for m in metrics] == [200, 400, 600, 800, 900], "every log interval and the last step"
     assert {"critic_loss", "alpha", "steps_per_s"} <= metrics[-1].keys()
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["agent"]["hidden"] == [32, 32] and config["agent"]["gamma"] == 0.99

@@ -239,7 +239,9 @@ def test_finished_runs_are_not_retrained(smoke, tmp_path):
     output = ok(run_snakemake(work, "--cores", "2", table, *SMOKE_CONFIG, "partial=true"))
     assert "rule train" not in output
     text = (work / table).read_text()
-    assert "1/2†" in text and "DIME on gym/Pendulum-v1 (Gym): seed 1 missing" in text
+    # Its checkpoint is still there: the tables say the run can resume, and where it stopped.
+    assert "1/2†" in text
+    assert "DIME on gym/Pendulum-v1 (Gym): seed 1 resumable (stopped at env step 600 of 600)" in text
 
 
 def test_killed_training_job_resumes_on_rerun(tmp_path):

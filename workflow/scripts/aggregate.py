@@ -165,6 +165,8 @@ def run_finals(
                 evals = groups.get((label, task, seed))
                 if record is None or record.status == "missing":
                     entry["absent"][seed] = "missing (not trained or not finished)"
+                elif record.status in ("running", "resumable"):
+                    entry["absent"][seed] = f"{record.status} ({record.detail})"
                 elif record.status != "ok":
                     entry["absent"][seed] = f"failed ({record.detail})"
                 elif record.total_steps < exp.steps:

@@ -8,7 +8,8 @@
 implementation, suite, task, seed, env step, mean return, final-step and any-step success, the study's score (return,
 or final-step success on MyoSuite), the normalised score (config/normalisation.yaml) and the run's provenance
 (git commit, config hash, device, host, SLURM job id). ``runs.csv`` lists every run the study expects with its
-status, so that missing and failed seeds reach the tables instead of disappearing.
+status (ok, running, resumable, failed, missing; unfinished runs as ``python -m dime.status`` sees them, with their
+current step), so that missing, unfinished and failed seeds reach the tables instead of disappearing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from typing import Any
 
 import pandas as pd
 import studylib
+
+from dime.run_logging import format_duration
+from dime.status import run_status
 
 LONG_COLUMNS = [
     "algorithm",
@@ -90,7 +94,7 @@ def read_run(run: studylib.Run, runs_dir: Path, normalisation: dict[str, Any]) -
     }
     summary_path = directory / "summary.json"
     if not summary_path.exists():
-        return {**status, "status": "missing", "detail": "no summary.json (not trained or not finished)"}, None
+        return {**status, **_unfinished(directory, run.steps)}, None
     summary = json.loads(summary_path.read_text())
     evals = pd.read_csv(directory / "eval.csv")
     metric = summary["metric"]
@@ -136,6 +140,24 @@ def read_run(run: studylib.Run, runs_dir: Path, normalisation: dict[str, Any]) -
         device=summary.get("device"),
     )
     return status, frame
+
+
+def _unfinished(directory: Path, target_steps: int) -> dict[str, Any]:
+    """Status columns of a run without summary.json: running or resumable at its current step, failed, or missing."""
+    state = run_status(directory, target_steps)
+    if state.state == "running":
+        eta = f", ETA {format_duration(state.eta_s)}" if state.eta_s is not None else ""
+        detail = f"at env step {state.step} of {target_steps}{eta}"
+        return {"status": "running", "detail": detail, "total_steps": state.step}
+    if state.state == "resumable":
+        return {
+            "status": "resumable",
+            "detail": f"stopped at env step {state.step} of {target_steps}",
+            "total_steps": state.step,
+        }
+    if state.state == "failed":
+        return {"status": "failed", "detail": state.detail, "total_steps": state.step}
+    return {"status": "missing", "detail": "no summary.json (not started)"}
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -184,6 +206,7 @@ def manifest(study: studylib.Study, status: pd.DataFrame, runs_dir: Path, args: 
         "runs_expected": len(status),
         "runs_ok": len(ok),
         "runs_missing": int((status["status"] == "missing").sum()),
+        "runs_unfinished": int(status["status"].isin(["running", "resumable"]).sum()),
         "runs_failed": int((status["status"] == "failed").sum()),
         "training_wall_clock_h": float(ok["wall_clock_s"].fillna(0).sum()) / 3600,
         "devices": sorted(str(d) for d in ok["device"].dropna().unique()),
