@@ -35,7 +35,10 @@ TINY_SAC = {"learning_starts": 100, "hidden": [16, 16], "batch_size": 16, "eval_
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    """Every file under ``directory`` (TensorBoard events included) by relative path, with its content."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +114,13 @@ def test_torn_metrics_line_is_dropped_on_resume(finished_run, tmp_path, capfd):
 
 
 def test_files_follow_the_umask(finished_run):
-    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in finished_run.iterdir()}
+    files = [path for path in finished_run.rglob("*") if path.is_file()]
+    modes = {str(path.relative_to(finished_run)): stat.S_IMODE(path.stat().st_mode) for path in files}
     assert {"eval.csv", "summary.json", "checkpoint.pt", "config.yaml", "metrics.jsonl", ".lock"} <= modes.keys()
+    assert {"progress.json"} <= modes.keys() and any(name.startswith("tensorboard/") for name in modes)
     assert set(modes.values()) == {0o664}, modes
-    assert stat.S_IMODE(finished_run.stat().st_mode) == 0o775
+    directories = [finished_run, *(path for path in finished_run.rglob("*") if path.is_dir())]
+    assert {stat.S_IMODE(path.stat().st_mode) for path in directories} == {0o775}
 
 
 # ------------------------------------------------------------------------------------------ configuration
