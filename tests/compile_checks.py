@@ -14,7 +14,8 @@ algorithm, mode and update where it failed.
 * :func:`check_no_host_syncs`: the hot loop (replay sampling, every gradient step of an env step, action
   selection) never waits for the device; op by op with :class:`dime.compilation.ForbidHostSyncs` on the CPU
   (eager), with ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (eager or compiled, after warm-up).
-* :func:`check_state_crosses_devices`: an agent and its replay buffer saved on one device continue on another.
+* :func:`check_state_crosses_devices`: an agent and its replay buffer saved on one device continue on another;
+  :func:`check_training_resumes_across_devices`: so does a training run, through its checkpoint.
 
 Networks are tiny so that compiling every algorithm stays within the CI budget; the code paths are the paper's.
 """
@@ -24,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from dime.agents import Agent, load_algorithm
 from dime.compilation import CompileEvents, ForbidHostSyncs
 from dime.replay import ReplayBuffer
 from dime.tasks import get_task
+from dime.trainer import train
 
 OBS_DIM, ACT_DIM = 5, 2
 TASK = get_task("dmc/reacher-easy")  # any task: the agents only read its metadata (critic support, gamma)
@@ -316,3 +320,23 @@ def check_state_crosses_devices(algo: str, source: str | torch.device, target: s
     assert_same(got, want, f"{algo} state from {source} on {target}")
     metrics = run_updates(moved, moved_buffer, 3, 3)[-1]
     assert all(torch.isfinite(v).all() for v in metrics.values()), f"{algo} on {target}: {metrics}"
+
+
+def check_training_resumes_across_devices(out_dir: str | Path, first: str, second: str) -> dict[str, Any]:
+    """A short DIME run trained on ``first`` writes a checkpoint that a longer run resumes on ``second``."""
+    out_dir = Path(out_dir)
+    overrides = {**TINY["dime"], "learning_starts": 100, "batch_size": 32, "eval_episodes": 1}
+    common = {"algo": "dime", "task": "gym/Pendulum-v1", "seed": 0, "out_dir": out_dir, "agent_overrides": overrides}
+    precision = torch.get_float32_matmul_precision()  # the trainer switches CUDA matmuls to TF32
+    try:
+        started = train(**common, total_steps=200, eval_every=100, checkpoint_every=100, device=first)
+        (out_dir / "summary.json").unlink()
+        resumed = train(**common, total_steps=300, eval_every=100, checkpoint_every=100, device=second)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    where = f"DIME run from {first} resumed on {second}"
+    assert started["device"].startswith(first) and resumed["device"].startswith(second), where
+    assert resumed["total_steps"] == 300 and math.isfinite(resumed["final_score"]), f"{where}: {resumed}"
+    eval_steps = [row.split(",")[0] for row in (out_dir / "eval.csv").read_text().splitlines()[1:]]
+    assert eval_steps == ["1", "100", "200", "300"], f"{where}: evaluations at {eval_steps}"
+    return resumed

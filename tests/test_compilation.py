@@ -34,8 +34,11 @@ from tests.compile_checks import (
     sync_state,
 )
 
-NO_CUDA = "needs a CUDA device (torch.cuda.is_available() is False)"
-NEEDS_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
+#: Marks of every CUDA test: selected by ``pytest -m gpu``, skipped with this reason where CUDA is unavailable.
+NEEDS_CUDA = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: torch.cuda.is_available() is False"),
+]
 COMPILED = [
     pytest.param("cpu", "on", id="cpu-on"),
     pytest.param("cuda", "on", marks=NEEDS_CUDA, id="cuda-on"),
