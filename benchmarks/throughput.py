@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dime.agents import ALGORITHMS, load_algorithm
+from dime.agents import ALGORITHMS, Agent, load_algorithm
 from dime.compilation import COMPILE_MODES
 from dime.provenance import git_state, hardware, package_versions
 from dime.replay import ReplayBuffer
@@ -51,20 +53,59 @@ SMALL: dict[str, dict[str, Any]] = {
 PREFILL = 1000  # random transitions in the buffer before timing (BRN warm-up is irrelevant for speed)
 
 
-def measure(
-    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, mode: str
-) -> dict[str, float]:
+@dataclass
+class LearningLoop:
+    """The trainer's per-step work after ``learning_starts`` (act, env.step, store, ``agent.update``), ready to time."""
+
+    agent: Agent
+    device: torch.device
+    step: Callable[[int], None]  # one learning step; the argument is the index of the step
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, first: int, count: int) -> float:
+        """Seconds taken by steps ``first .. first + count - 1`` (device work included)."""
+        start = time.perf_counter()
+        for index in range(first, first + count):
+            self.step(index)
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def run_for(self, first: int, seconds: float) -> tuple[int, float]:
+        """Steps from ``first`` until ``seconds`` have passed; returns (steps, seconds taken, device work included)."""
+        start = time.perf_counter()
+        index = first
+        while time.perf_counter() - start < seconds:
+            self.step(index)
+            index += 1
+        self.synchronize()
+        return index - first, time.perf_counter() - start
+
+
+def prepare(
+    algo: str,
+    task_name: str,
+    overrides: dict[str, Any],
+    device: torch.device,
+    mode: str,
+    capacity: int = 100_000,
+    prefill: int = PREFILL,
+) -> LearningLoop:
+    """An agent (compiled for ``mode``) and a replay buffer holding ``prefill`` random transitions of the real
+    environment, wrapped as the trainer's learning step. The buffer is a ring of ``capacity`` rows."""
     torch.manual_seed(0)
     task = get_task(task_name)
     env = make_env(task, seed=0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     cls = load_algorithm(algo)
-    config = cls.default_config(task).replace(**overrides, learning_starts=PREFILL)
+    config = cls.default_config(task).replace(**overrides, learning_starts=prefill)
     agent = cls(task, obs_dim, act_dim, config, device)
     if mode != "off":
         torch._dynamo.reset()  # each measurement pays its own compilation
         agent.compile_updates(mode)
-    buffer = ReplayBuffer(obs_dim, act_dim, PREFILL + burn_in + steps + 1, device)
+    buffer = ReplayBuffer(obs_dim, act_dim, max(capacity, prefill + 1), device)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
 
@@ -74,35 +115,37 @@ def measure(
         buffer.add(obs, action, reward, next_obs, terminated)
         obs = env.reset()[0] if terminated or truncated else next_obs
 
-    for _ in range(PREFILL):
+    for _ in range(prefill):
         env_step(rng.uniform(-1, 1, act_dim).astype(np.float32))
 
-    def learning_step(step: int) -> None:
+    def learning_step(index: int) -> None:
         with torch.no_grad():
             action = agent.act(torch.as_tensor(obs, device=device).unsqueeze(0), deterministic=False)
         env_step(action[0].cpu().numpy())
-        agent.update(buffer, PREFILL + step)
+        agent.update(buffer, prefill + index)
 
-    burn_in_start = time.perf_counter()
-    for step in range(burn_in):
-        learning_step(step)
+    return LearningLoop(agent, device, learning_step)
+
+
+def measure(
+    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, mode: str
+) -> dict[str, float]:
+    loop = prepare(algo, task_name, overrides, device, mode, capacity=PREFILL + burn_in + steps + 1)
+    burn_in_seconds = loop.run(0, burn_in)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    burn_in_seconds = time.perf_counter() - burn_in_start
-    updates_before = getattr(agent, "gradient_steps", None)
-    start = time.perf_counter()
-    for step in range(burn_in, burn_in + steps):
-        learning_step(step)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    gradient_steps = (agent.gradient_steps - updates_before) if updates_before is not None else float("nan")
-    return {
+        torch.cuda.reset_peak_memory_stats(device)
+    updates_before = getattr(loop.agent, "gradient_steps", None)
+    seconds = loop.run(burn_in, steps)
+    gradient_steps = (loop.agent.gradient_steps - updates_before) if updates_before is not None else float("nan")
+    result = {
         "env_steps_per_s": steps / seconds,
         "updates_per_s": gradient_steps / seconds,
         "seconds": seconds,
         "burn_in_seconds": burn_in_seconds,
     }
+    if device.type == "cuda":
+        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

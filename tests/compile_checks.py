@@ -12,8 +12,8 @@ algorithm, mode and update where it failed.
   resets), nothing may be recompiled, no CUDA graph may be recorded again or skipped, and no tensor the compiled
   code reads (parameters, buffers, optimiser states, tensor attributes) may move to a new address.
 * :func:`check_no_host_syncs`: the hot loop (replay sampling, every gradient step of an env step, action
-  selection) never waits for the device; op by op with :class:`dime.compilation.ForbidHostSyncs` on the CPU
-  (eager), with ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (eager or compiled, after warm-up).
+  selection) never waits for the device; op by op with :class:`dime.compilation.ForbidHostSyncs` on the CPU,
+  with ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (compiled modes: after the comparison above).
 * :func:`check_state_crosses_devices`: an agent and its replay buffer saved on one device continue on another;
   :func:`check_training_resumes_across_devices`: so does a training run, through its checkpoint.
 
@@ -234,8 +234,10 @@ def check_compiled_matches_eager(
     algo: str, device: str | torch.device, mode: str, warmup: int = WARMUP, checked: int = CHECKED
 ) -> CompileEvents:
     """Compiled (``mode``) and eager updates from identical states agree at every update; after ``warmup``
-    updates there is no recompilation, no CUDA-graph recording or skip, and no live tensor changes address.
-    Returns the compile events counted after the warm-up (all zero when the check passes)."""
+    updates there is no recompilation, no CUDA-graph recording or skip, and no live tensor changes address. On
+    CUDA the compiled agent then runs 24 more updates under ``torch.cuda.set_sync_debug_mode("error")`` (its
+    compilation and recordings are done by then). Returns the compile events counted after the warm-up (all zero
+    when the check passes)."""
     device = torch.device(device)
     torch._dynamo.reset()
     eager, eager_buffer = build(algo, device)
@@ -265,6 +267,10 @@ def check_compiled_matches_eager(
         assert_same(got_metrics, want_metrics, where)
         assert_same({"actions": got_actions}, {"actions": want_actions}, where)
         assert_same(got_state, want_state, where)
+    if device.type == "cuda":
+        with cuda_syncs_forbidden(), steady:
+            run_updates(compiled, compiled_buffer, warmup + checked, 24)
+            compiled.act(obs, deterministic=compiled.config.eval_deterministic)
     assert steady.total() == 0, f"{algo} {mode} on {device.type} after warm-up: {steady.describe()}"
     return steady
 
@@ -279,26 +285,16 @@ def cuda_syncs_forbidden() -> Iterator[None]:
         torch.cuda.set_sync_debug_mode(previous)
 
 
-def check_no_host_syncs(algo: str, device: str | torch.device, mode: str = "off", updates: int = 24) -> None:
-    """``updates`` env steps of updates and action selection (at the evaluation protocol too) without a host sync.
-
-    On CUDA the agent first runs ``WARMUP`` updates (compilation and CUDA-graph recording synchronise by design).
-    On the CPU only eager mode is checked, op by op.
-    """
+def check_no_host_syncs(algo: str, device: str | torch.device, updates: int = 24) -> None:
+    """``updates`` env steps of eager updates and action selection (at the evaluation protocol too) without a host
+    sync: op by op on the CPU, with ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (after a few updates, as
+    the first ones create the optimiser states). Compiled modes: :func:`check_compiled_matches_eager`."""
     device = torch.device(device)
     agent, buffer = build(algo, device)
     obs = torch.zeros(4, OBS_DIM, device=device)
-    if device.type == "cuda":
-        if mode != "off":
-            torch._dynamo.reset()
-            agent.compile_updates(mode)
-        run_updates(agent, buffer, 0, WARMUP)
-        agent.act(obs, deterministic=agent.config.eval_deterministic)
-        guard, first = cuda_syncs_forbidden(), WARMUP
-    else:
-        assert mode == "off", "on the CPU the host-sync guard checks eager code only"
-        guard, first = ForbidHostSyncs(), 0
-    with guard:
+    first = 3 if device.type == "cuda" else 0
+    run_updates(agent, buffer, 0, first)
+    with cuda_syncs_forbidden() if device.type == "cuda" else ForbidHostSyncs():
         run_updates(agent, buffer, first, updates)
         agent.act(obs, deterministic=agent.config.eval_deterministic)
 
