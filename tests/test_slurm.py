@@ -82,7 +82,7 @@ def test_smoke_study_through_the_slurm_profile(cluster, tmp_path):
     targets = [str((run / "summary.json").relative_to(work)) for run in run_dirs]
     started = time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", *SLURM_ARGS, *targets],
+        [sys.executable, "-m", "snakemake", *targets, *SLURM_ARGS],
         cwd=work,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -92,7 +92,9 @@ def test_smoke_study_through_the_slurm_profile(cluster, tmp_path):
     )
     try:
         # Both trainers rewrite config.yaml once they have restored their checkpoints, right before training.
-        wait_for(lambda: all(mtime(run / "config.yaml") > started for run in run_dirs), 300, "both runs to resume")
+        resumed = lambda: all(mtime(run / "config.yaml") > started for run in run_dirs)  # noqa: E731
+        wait_for(lambda: resumed() or process.poll() is not None, 300, "both runs to resume")
+        assert process.poll() is None, f"snakemake ended before the runs resumed:\n{process.communicate()[0][-6000:]}"
         (killed,) = squeue(cluster, "R")
         subprocess.run(["scancel", killed], check=True, env=slurm_env(cluster), timeout=60)
         stdout, _ = process.communicate(timeout=400)
