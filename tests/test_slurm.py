@@ -7,6 +7,7 @@ cannot (not root, no apt-get, daemons do not come up) the test fails: a CI machi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -33,14 +34,21 @@ STATE_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/dime-slurm-test"))
 
 @pytest.fixture
 def cluster():
+    # One test cluster per machine (it owns /etc/slurm/*.conf and its ports): a second SLURM test waits here
+    # instead of restarting the daemons under the first one's jobs.
+    lock = open(STATE_DIR.with_name(STATE_DIR.name + ".lock"), "w")  # noqa: SIM115 (held for the whole test)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     start = subprocess.run(
         ["bash", str(SCRIPTS / "start_cluster.sh"), str(STATE_DIR)], capture_output=True, text=True, timeout=900
     )
+    if start.returncode != 0:
+        lock.close()
     assert start.returncode == 0, f"could not start the test SLURM cluster:\n{start.stdout}\n{start.stderr[-5000:]}"
     try:
         yield STATE_DIR
     finally:
         subprocess.run(["bash", str(SCRIPTS / "stop_cluster.sh"), str(STATE_DIR)], capture_output=True, timeout=120)
+        lock.close()
 
 
 def edit_study(work: Path, edit) -> None:
