@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO_ROOT
@@ -83,8 +84,8 @@ def test_smoke_study_through_the_slurm_profile(cluster, tmp_path):
     assert "gres/gpu=1" in shown or "gres:gpu:1" in shown, shown
     assert "NumCPUs=2 " in shown and "mem=3000M" in shown, shown
 
-    # A killed group resumes every run: raise the budget of two runs (one group), cancel their job while both train,
-    # and the profile's retry finishes both from their checkpoints.
+    # A killed group resumes every run: raise the budget of two runs (one group), cancel their job while both train
+    # (each checkpoints on SIGTERM mid-way), and the profile's retry finishes both from those checkpoints.
     edit_study(work, lambda study: study["experiments"]["main"].update(steps=3000))
     run_dirs = [results / "runs" / "sac" / "gym" / "Pendulum-v1" / f"seed{seed}" for seed in (0, 1)]
     targets = [str((run / "summary.json").relative_to(work)) for run in run_dirs]
@@ -104,7 +105,12 @@ def test_smoke_study_through_the_slurm_profile(cluster, tmp_path):
         wait_for(lambda: resumed() or process.poll() is not None, 300, "both runs to resume")
         assert process.poll() is None, f"snakemake ended before the runs resumed:\n{process.communicate()[0][-6000:]}"
         (killed,) = squeue(cluster, "R")
+        killed_at = time.time()
         subprocess.run(["scancel", killed], check=True, env=slurm_env(cluster), timeout=60)
+        # Each trainer checkpoints on SIGTERM at the step it had reached (its log goes when Snakemake retries).
+        wait_for(lambda: all(mtime(run / "checkpoint.pt") > killed_at for run in run_dirs), 120, "SIGTERM checkpoints")
+        stopped_at = [checkpoint_step(run) for run in run_dirs]
+        assert all(600 < step < 3000 for step in stopped_at), stopped_at
         stdout, _ = process.communicate(timeout=400)
     finally:
         if process.poll() is None:
@@ -116,8 +122,6 @@ def test_smoke_study_through_the_slurm_profile(cluster, tmp_path):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["total_steps"] == 3000 and summary["slurm_job_id"] != killed, summary
         final_jobs.add(summary["slurm_job_id"])
-        log = (run / "train.log").read_text()
-        assert "received SIGTERM" in log and "checkpoint written" in log, log[-2000:]
         steps = [int(line.split(",")[0]) for line in (run / "eval.csv").read_text().splitlines()[1:]]
         assert steps == [1, *range(300, 3001, 300)], steps
     assert len(final_jobs) == 1, "the retried group holds both runs again"
@@ -140,6 +144,10 @@ def squeue(cluster: Path, state: str) -> list[str]:
         ["squeue", "-h", "-t", state, "-o", "%i"], capture_output=True, text=True, env=slurm_env(cluster), timeout=60
     )
     return listing.stdout.split()
+
+
+def checkpoint_step(run: Path) -> int:
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
 
 
 def mtime(path: Path) -> float:
