@@ -279,7 +279,10 @@ class Planner:
             for index, spec in enumerate(step.specs):
                 if len(step.specs) > 1 and spec["kind"] == "throughput":
                     spec["barrier"] = {"dir": barrier, "index": index, "parties": len(step.specs), "timeout_s": timeout}
-            processes = [spawn(spec) for spec in step.specs]
+            # Several processes at once share the CPUs for compilation too: Inductor's pool of compile workers
+            # (one process per CPU by default, each holding a copy of torch) is divided between them.
+            compile_threads = max(1, (os.cpu_count() or 1) // len(step.specs))
+            processes = [spawn(spec, compile_threads if len(step.specs) > 1 else None) for spec in step.specs]
             results = [collect(process, timeout, started) for process in processes]
         took = time.monotonic() - started
         self.settings.estimates[step.kind] = took
@@ -290,8 +293,10 @@ class Planner:
         return step
 
 
-def spawn(spec: dict[str, Any]) -> subprocess.Popen:
+def spawn(spec: dict[str, Any], compile_threads: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONWARNINGS": "ignore"}
+    if compile_threads is not None:
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = str(compile_threads)
     env.setdefault("MUJOCO_GL", "disable")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
