@@ -209,8 +209,11 @@ def sync_state(target: Agent, source: Agent) -> None:
         old = before[name][2]
         if new is old:
             continue
+        rows = old if new.shape == old.shape else old[: new.shape[0]]
+        if rows.shape != new.shape:
+            continue  # a different layout: the target keeps the loaded tensor
         with torch.no_grad():
-            old.copy_(new)
+            rows.copy_(new)  # saved with its filled rows only (DIPO's diffusion memory): the leading rows
         if isinstance(owner, dict):
             owner[key] = old
         elif owner is not None:
