@@ -3,6 +3,8 @@
 #   make test   create .venv if missing, then run the test suite
 # Variables: make run STUDY=smoke CORES=2 runs config/studies/smoke.yaml on 2 cores (defaults: STUDY=quick,
 # CORES=all); PYTEST_ARGS="-k status" passes arguments to pytest; TORCH_SPEC picks the torch wheel.
+# And one for a GPU machine, with the Python that has its CUDA torch (no .venv needed; README, "GPUs and clusters"):
+#   make gpu-check   benchmarks/gpu_check.py: CUDA checks and throughput in GPU_BUDGET_S seconds
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,11 @@ TORCH_SPEC ?= torch==2.13.0+cpu
 STUDY ?= quick
 CORES ?= all
 
-.PHONY: run test lint install clean-venv
+# The GPU check runs with .venv's Python if there is one, else with python3 (a GPU node set up from local wheels).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+GPU_BUDGET_S ?= 480
+
+.PHONY: run test lint install clean-venv gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +36,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+gpu-check:
+	MUJOCO_GL=$${MUJOCO_GL:-disable} PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
+		$(GPU_PYTHON) benchmarks/gpu_check.py --budget-s $(GPU_BUDGET_S)
 
 clean-venv:
 	rm -rf $(VENV)

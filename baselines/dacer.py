@@ -58,6 +58,7 @@ from baselines.diffusion_utils import (
     repeat_obs,
 )
 from dime.agents import Agent, AgentConfig
+from dime.compilation import saved_for_backward
 from dime.nn import polyak_update
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
@@ -196,10 +197,11 @@ class DACER(Agent):
         q_mean, q_std = out[..., 0], F.softplus(out[..., 1])
         with torch.no_grad():
             batch_std = q_std.mean(-1)
-            b = torch.where(self.mean_q_std < 0, batch_std, c.tau * batch_std + (1 - c.tau) * self.mean_q_std)
-            # reassigned, not copied into: under torch.compile the backward pass may recompute ``b`` from the
-            # buffer, which an in-place update would already have overwritten
-            self.mean_q_std = b
+            previous = self.mean_q_std
+            b = saved_for_backward(
+                lambda: torch.where(previous < 0, batch_std, c.tau * batch_std + (1 - c.tau) * previous)
+            )
+            self.mean_q_std.copy_(b)  # in place: CUDA graphs read it at a fixed address
             bound = c.target_clip * b.unsqueeze(-1)
             bounded = q_mean + torch.maximum(torch.minimum(backup_sample - q_mean, bound), -bound)
             std = q_std.clamp(min=0.0)
@@ -228,7 +230,7 @@ class DACER(Agent):
         if delayed:
             metrics.update(self._actor_backward(batch.obs))
         if self.gradient_steps % c.alpha_every == 0:
-            self.entropy = self._alpha_step(batch.obs)
+            self.entropy.copy_(self._alpha_step(batch.obs))
         self._critic_optimizer_step()
         if delayed:
             self._actor_optimizer_step()

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dime.agents import ALGORITHMS, load_algorithm
+from dime.agents import ALGORITHMS, Agent, load_algorithm
 from dime.compilation import COMPILE_MODES
 from dime.provenance import git_state, hardware, package_versions
 from dime.replay import ReplayBuffer
@@ -51,20 +55,59 @@ SMALL: dict[str, dict[str, Any]] = {
 PREFILL = 1000  # random transitions in the buffer before timing (BRN warm-up is irrelevant for speed)
 
 
-def measure(
-    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, mode: str
-) -> dict[str, float]:
+@dataclass
+class LearningLoop:
+    """The trainer's per-step work after ``learning_starts`` (act, env.step, store, ``agent.update``), ready to time."""
+
+    agent: Agent
+    device: torch.device
+    step: Callable[[int], None]  # one learning step; the argument is the index of the step
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, first: int, count: int) -> float:
+        """Seconds taken by steps ``first .. first + count - 1`` (device work included)."""
+        start = time.perf_counter()
+        for index in range(first, first + count):
+            self.step(index)
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def run_for(self, first: int, seconds: float) -> tuple[int, float]:
+        """Steps from ``first`` until ``seconds`` have passed; returns (steps, seconds taken, device work included)."""
+        start = time.perf_counter()
+        index = first
+        while time.perf_counter() - start < seconds:
+            self.step(index)
+            index += 1
+        self.synchronize()
+        return index - first, time.perf_counter() - start
+
+
+def prepare(
+    algo: str,
+    task_name: str,
+    overrides: dict[str, Any],
+    device: torch.device,
+    mode: str,
+    capacity: int = 100_000,
+    prefill: int = PREFILL,
+) -> LearningLoop:
+    """An agent (compiled for ``mode``) and a replay buffer holding ``prefill`` random transitions of the real
+    environment, wrapped as the trainer's learning step. The buffer is a ring of ``capacity`` rows."""
     torch.manual_seed(0)
     task = get_task(task_name)
     env = make_env(task, seed=0)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     cls = load_algorithm(algo)
-    config = cls.default_config(task).replace(**overrides, learning_starts=PREFILL)
+    config = cls.default_config(task).replace(**overrides, learning_starts=prefill)
     agent = cls(task, obs_dim, act_dim, config, device)
     if mode != "off":
         torch._dynamo.reset()  # each measurement pays its own compilation
         agent.compile_updates(mode)
-    buffer = ReplayBuffer(obs_dim, act_dim, PREFILL + burn_in + steps + 1, device)
+    buffer = ReplayBuffer(obs_dim, act_dim, max(capacity, prefill + 1), device)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
 
@@ -74,35 +117,37 @@ def measure(
         buffer.add(obs, action, reward, next_obs, terminated)
         obs = env.reset()[0] if terminated or truncated else next_obs
 
-    for _ in range(PREFILL):
+    for _ in range(prefill):
         env_step(rng.uniform(-1, 1, act_dim).astype(np.float32))
 
-    def learning_step(step: int) -> None:
+    def learning_step(index: int) -> None:
         with torch.no_grad():
             action = agent.act(torch.as_tensor(obs, device=device).unsqueeze(0), deterministic=False)
         env_step(action[0].cpu().numpy())
-        agent.update(buffer, PREFILL + step)
+        agent.update(buffer, prefill + index)
 
-    burn_in_start = time.perf_counter()
-    for step in range(burn_in):
-        learning_step(step)
+    return LearningLoop(agent, device, learning_step)
+
+
+def measure(
+    algo: str, task_name: str, overrides: dict[str, Any], steps: int, burn_in: int, device: torch.device, mode: str
+) -> dict[str, float]:
+    loop = prepare(algo, task_name, overrides, device, mode, capacity=PREFILL + burn_in + steps + 1)
+    burn_in_seconds = loop.run(0, burn_in)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    burn_in_seconds = time.perf_counter() - burn_in_start
-    updates_before = getattr(agent, "gradient_steps", None)
-    start = time.perf_counter()
-    for step in range(burn_in, burn_in + steps):
-        learning_step(step)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    gradient_steps = (agent.gradient_steps - updates_before) if updates_before is not None else float("nan")
-    return {
+        torch.cuda.reset_peak_memory_stats(device)
+    updates_before = getattr(loop.agent, "gradient_steps", None)
+    seconds = loop.run(burn_in, steps)
+    gradient_steps = (loop.agent.gradient_steps - updates_before) if updates_before is not None else float("nan")
+    result = {
         "env_steps_per_s": steps / seconds,
         "updates_per_s": gradient_steps / seconds,
         "seconds": seconds,
         "burn_in_seconds": burn_in_seconds,
     }
+    if device.type == "cuda":
+        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the workflow's per-job default)")
     parser.add_argument("--steps", type=int, default=100, help="timed learning steps per measurement")
     parser.add_argument("--burn-in", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions (A/B/A/B); medians reported")
+    parser.add_argument(
+        "--reference", nargs="*", default=[], metavar="CONFIG=STEPS_PER_S", help="e.g. paper=2.5: a ratio column"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     parser.add_argument("--label", default="", help="suffix of the report's file name, e.g. paper")
@@ -121,28 +170,34 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     rows = []
-    for algo in args.algos:
-        for config_name in args.configs:
-            overrides = SMALL[algo] if config_name == "small" else {}
-            for mode in args.compile:
-                result = measure(algo, args.task, overrides, args.steps, args.burn_in, device, mode)
-                rows.append({"algo": algo, "config": config_name, "mode": mode, **result})
-                print(
-                    f"{algo:15s} {config_name:6s} {mode:10s} {result['env_steps_per_s']:9.2f} env steps/s "
-                    f"{result['updates_per_s']:9.2f} updates/s  burn-in {result['burn_in_seconds']:.0f} s",
-                    flush=True,
-                )
-                write_report(rows, args, device)  # after every row: a long sweep keeps what it measured
+    for repeat in range(args.repeat):
+        for algo in args.algos:
+            for config_name in args.configs:
+                overrides = SMALL[algo] if config_name == "small" else {}
+                for mode in args.compile:
+                    load = os.getloadavg()[0]
+                    result = measure(algo, args.task, overrides, args.steps, args.burn_in, device, mode)
+                    row = {"algo": algo, "config": config_name, "mode": mode, "repeat": repeat, "load_1min": load}
+                    rows.append({**row, **result})
+                    print(
+                        f"{algo:15s} {config_name:6s} {mode:10s} {result['env_steps_per_s']:9.2f} env steps/s "
+                        f"{result['updates_per_s']:9.2f} updates/s  burn-in {result['burn_in_seconds']:.0f} s  "
+                        f"load {load:.1f}",
+                        flush=True,
+                    )
+                    write_report(rows, args, device)  # after every row: a long sweep keeps what it measured
     write_report(rows, args, device)
 
 
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device) -> None:
     commit, dirty = git_state()
+    references = {k: float(v) for k, _, v in (item.partition("=") for item in args.reference)}
     meta = {
         "task": args.task,
         "steps": args.steps,
         "burn_in": args.burn_in,
         "threads": args.threads,
+        "repeat": args.repeat,
         "hardware": hardware(device),
         "versions": package_versions(),
         "git_commit": commit,
@@ -151,27 +206,46 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, device: t
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "out" and not (k == "label" and not v)
+            if k != "out" and not (k in ("label", "reference") and not v)
         ),
     }
-    eager = {(r["algo"], r["config"]): r["env_steps_per_s"] for r in rows if r["mode"] == "off"}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["algo"], r["config"], r["mode"]), []).append(r)
+    medians = {key: statistics.median(r["env_steps_per_s"] for r in group) for key, group in groups.items()}
+    loads = [r["load_1min"] for r in rows]
     lines = [
         f"# Throughput on {meta['hardware'].get('gpu', meta['hardware']['cpu'])} ({device})",
         "",
         f"Task `{args.task}`, learning phase, evaluation excluded, {args.steps} timed steps after {args.burn_in} "
-        f"burn-in steps (the burn-in column includes compilation), {args.threads} torch thread(s). "
+        f"burn-in steps (the burn-in column includes compilation), {args.threads} torch thread(s); "
+        f"{args.repeat} interleaved repetition(s) of every measurement, medians shown (each repetition in the "
+        f"JSON). Load average (1 min) before the measurements: {min(loads):.1f}–{max(loads):.1f}. "
         f"Command: `{meta['command']}`. Commit {commit}{' (dirty)' if dirty else ''}. "
         f"torch {meta['versions'].get('torch')}.",
         "",
-        "| algorithm | config | compile | env steps/s | updates/s | × eager | burn-in s |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| algorithm | config | compile | env steps/s | repetitions | updates/s | × eager | "
+        + ("÷ reference | " if references else "")
+        + "burn-in s |",
+        "|---|---|---|---:|---|---:|---:|" + ("---:|" if references else "") + "---:|",
     ]
-    for r in rows:
-        ratio = r["env_steps_per_s"] / eager[(r["algo"], r["config"])] if (r["algo"], r["config"]) in eager else None
-        lines.append(
-            f"| {r['algo']} | {r['config']} | {r['mode']} | {r['env_steps_per_s']:.2f} | {r['updates_per_s']:.2f} | "
-            f"{'' if ratio is None else f'{ratio:.2f}'} | {r['burn_in_seconds']:.0f} |"
-        )
+    for (algo, config_name, mode), group in groups.items():
+        median = medians[(algo, config_name, mode)]
+        eager = medians.get((algo, config_name, "off"))
+        ratio = f"{median / eager:.2f}" if eager else ""
+        reference = references.get(config_name)
+        cells = [
+            f"{median:.2f}",
+            " ".join(f"{r['env_steps_per_s']:.2f}" for r in group),
+            f"{statistics.median(r['updates_per_s'] for r in group):.2f}",
+            ratio,
+            *([f"{median / reference:.2f}" if reference else ""] if references else []),
+            f"{group[0]['burn_in_seconds']:.0f}",
+        ]
+        lines.append(f"| {algo} | {config_name} | {mode} | {' | '.join(cells)} |")
+    if references:
+        listed = ", ".join(f"{k} {v:g}" for k, v in references.items())
+        lines += ["", f"Reference env steps/s (÷ reference column): {listed}."]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "-".join(filter(None, ["throughput", device.type, args.label]))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

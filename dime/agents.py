@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from dime.compilation import CompileMode, compile_function
+from dime.compilation import CompileMode, compile_function, mark_state_static
 from dime.replay import ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -213,6 +213,7 @@ class Agent(abc.ABC):
 
     def compile_updates(self, mode: CompileMode = "on") -> None:
         """Replace every method in ``compiled_methods`` by its compiled version (:mod:`dime.compilation`)."""
+        mark_state_static(self)
         for name in self.compiled_methods:
             setattr(self, name, compile_function(getattr(self, name), mode, self.device))
 

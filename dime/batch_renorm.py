@@ -8,7 +8,13 @@ statistics only. Conventions that differ from ``torch.nn.BatchNorm1d`` and matte
 * Flax momentum: ``running = 0.99·running + 0.01·batch`` (running stats update from the first call);
 * warm-up counted in train-mode calls (= critic updates) and applied as an arithmetic 0/1 blend, so there is no
   data-dependent Python branch (no host sync, graph-capturable);
-* the mode is an argument, not ``.train()/.eval()`` state, because one update uses both (critic vs actor loss).
+* the mode is an argument, not ``.train()/.eval()`` state, because one update uses both (critic vs actor loss);
+* the running statistics and the step counter are updated in place, so their storage never moves: CUDA graphs
+  replay against fixed addresses, and a buffer reassigned every step would force a re-recording every step.
+  Under ``torch.compile`` that in-place update has a trap: AOTAutograd's partitioner prefers recomputing the
+  cheap renorm correction (r, d, warm-up flag) in the backward pass from the buffers, which by then hold the
+  *updated* statistics (gradients ~1% off once renorm is active); the correction is therefore computed through
+  :func:`dime.compilation.saved_for_backward`.
 
 An optional leading ensemble dimension lets stacked critics keep separate statistics: input (E, N, F) with
 ``ensemble_size=E`` normalises each member over its own N rows.
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from dime.compilation import saved_for_backward
 
 
 class BatchRenorm(nn.Module):
@@ -48,22 +56,26 @@ class BatchRenorm(nn.Module):
         batch_var = ((x * x).mean(dim=-2, keepdim=True) - batch_mean * batch_mean).clamp_min(0.0)
         if x.dim() == 2:
             batch_mean, batch_var = batch_mean.squeeze(-2), batch_var.squeeze(-2)
-        with torch.no_grad():
-            running_std = torch.sqrt(self.running_var + self.eps)
-            r = (torch.sqrt(batch_var + self.eps) / running_std).clamp(1.0 / self.r_max, self.r_max)
-            d = ((batch_mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+        batch_mean_, batch_var_ = batch_mean.detach(), batch_var.detach()
+        r, d, warmed_up = saved_for_backward(self._correction, batch_mean_, batch_var_)
         # sqrt(v) without ε as in the reference; the double `where` keeps its value and gives a zero (not NaN)
         # gradient where a feature has exactly zero batch variance.
         positive = batch_var > 0
         batch_std = torch.where(positive, batch_var, torch.ones_like(batch_var)).sqrt() * positive
-        warmed_up = (self.steps >= self.warmup_steps).to(x.dtype)
         mean = batch_mean - warmed_up * d * batch_std / r
         var = batch_var * (1.0 + warmed_up * (r.pow(-2) - 1.0))
         y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
-        # Out of place on purpose: under torch.compile, AOTAutograd may recompute r and d in the backward pass
-        # from the buffers it was given, and an in-place update would hand it the new statistics.
         with torch.no_grad():
-            self.running_mean = self.running_mean.lerp(batch_mean.detach(), 1.0 - self.momentum)
-            self.running_var = self.running_var.lerp(batch_var.detach(), 1.0 - self.momentum)
-            self.steps = self.steps + 1
+            self.running_mean.lerp_(batch_mean_, 1.0 - self.momentum)
+            self.running_var.lerp_(batch_var_, 1.0 - self.momentum)
+            self.steps.add_(1)
         return y
+
+    def _correction(
+        self, batch_mean: torch.Tensor, batch_var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Renorm correction r, d against the running statistics (constants for autograd) and the 0/1 warm-up flag."""
+        running_std = torch.sqrt(self.running_var + self.eps)
+        r = (torch.sqrt(batch_var + self.eps) / running_std).clamp(1.0 / self.r_max, self.r_max)
+        d = ((batch_mean - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+        return r, d, (self.steps >= self.warmup_steps).to(batch_mean.dtype)

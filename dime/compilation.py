@@ -7,8 +7,27 @@ version, so the schedule stays readable and bit-identical to eager while the ari
 
 * ``on``: ``torch.compile`` with Inductor's default mode (CPU or CUDA). The backward pass and the optimiser
   step are compiled too (AOTAutograd and Dynamo's optimiser support), with a graph break at ``loss.backward()``.
-* ``cudagraphs``: additionally records CUDA graphs (``mode="reduce-overhead"``): one replay per compiled region,
-  no per-kernel launch cost. Outputs of a replay are overwritten by the next one, so they are cloned on return.
+* ``cudagraphs``: additionally records CUDA graphs (``mode="reduce-overhead"``, Inductor's CUDA-graph trees): one
+  replay per compiled region, no per-kernel launch cost. The pitfalls, and how they are handled:
+
+  - outputs of a replay live in the graph's memory pool and are overwritten by the next replay, so every compiled
+    call starts a new step (``torch.compiler.cudagraph_mark_step_begin``) and its outputs are cloned on return;
+    nothing a step function returns is fed back into it;
+  - parameters, buffers and optimiser states are static inputs (fixed addresses), and so are the agent's own
+    tensor attributes (:func:`mark_state_static`: a temperature, a running statistic); any other input is copied
+    into the graph before each replay, and a step function that updates such an input in place makes Inductor
+    skip CUDA graphs. A static tensor reassigned instead of updated in place gets a new address and forces a new
+    recording (unbounded: Inductor does not count those towards its re-recording limit). Every agent updates its
+    state in place; the tests check the addresses on the CPU too;
+  - updating state in place inside a compiled step has its own trap: AOTAutograd may recompute, in the backward
+    pass, a value derived from that state (it is cheap) and then reads the *updated* state.
+    :func:`saved_for_backward` computes such values so that the backward pass uses them as they were;
+  - random numbers use the eager generator (``fallback_random``): no Philox state functionalisation, whose
+    ``run_and_save_rng_state`` ops make Inductor skip CUDA graphs;
+  - a CPU tensor among the inputs makes Inductor skip CUDA graphs: step functions take device tensors and Python
+    numbers only.
+
+  :class:`CompileEvents` counts compilations, recordings and skips; the CUDA tests require zero after warm-up.
 
 Random numbers inside compiled code come from the same global generator as in eager mode
 (``torch._inductor.config.fallback_random``), so a compiled run reproduces the eager reference up to float
@@ -19,11 +38,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Literal
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 CompileMode = Literal["off", "on", "cudagraphs"]
 COMPILE_MODES: tuple[str, ...] = ("off", "on", "cudagraphs")
@@ -69,6 +90,38 @@ def _has_bool_index(args: tuple) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
 
 
+def _must_save(*_: Any, **__: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE
+
+
+#: Selective-checkpoint context that saves the output of every op in its region (nothing is recomputed).
+_SAVE_EVERYTHING = functools.partial(create_selective_checkpoint_contexts, _must_save)
+
+
+def saved_for_backward(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``; when compiled, its results are saved for the backward pass, never recomputed there.
+
+    For constants of the loss (no gradient) derived from state that the same step updates in place afterwards,
+    e.g. batch renormalisation's r and d from the running statistics. AOTAutograd's partitioner would otherwise
+    recompute such cheap values in the backward pass from the state tensors, which by then hold the new values.
+    The region is a selective activation-checkpoint region whose every op is marked must-save (the documented way
+    to forbid recomputation); eager mode calls ``function`` directly. ``function`` must not update anything in place.
+    """
+    if not torch.compiler.is_compiling():
+        return function(*args)
+    return checkpoint(function, *args, use_reentrant=False, context_fn=_SAVE_EVERYTHING)
+
+
+def mark_state_static(owner: object) -> None:
+    """Declare the tensor attributes of ``owner`` (an agent's temperature, running statistics) static inputs of
+    compiled code, like module buffers: CUDA-graph trees then read them in place and allow in-place updates."""
+    import torch._dynamo
+
+    for value in vars(owner).values():
+        if isinstance(value, torch.Tensor):
+            torch._dynamo.mark_static_address(value)
+
+
 def compile_function(function: Callable, mode: CompileMode, device: torch.device) -> Callable:
     """``function`` compiled for ``mode`` ("on" or "cudagraphs"); see the module docstring."""
     if mode not in ("on", "cudagraphs"):
@@ -88,3 +141,53 @@ def compile_function(function: Callable, mode: CompileMode, device: torch.device
         return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, compiled(*args, **kwargs))
 
     return replay
+
+
+class CompileEvents:
+    """Counts, while active (``with events:``; re-entrant, accumulates), what a steady-state loop must not do:
+
+    * ``compilations``: Dynamo frame compilations and lazy backward compilations (a recompilation after warm-up);
+    * ``recordings``: CUDA-graph recordings (a re-recording after warm-up);
+    * ``skips``: regions Inductor decided to run without CUDA graphs (``counters["inductor"]["cudagraph_skips"]``;
+      the reason is logged by ``torch._inductor.cudagraph_utils`` at warning level).
+
+    Uses Dynamo's compile-callback hooks (``torch._dynamo.callback``), which report CUDA-graph recordings since
+    torch 2.6; where a torch lacks them, ``recordings`` stays ``None`` (unknown) instead of a false zero.
+    """
+
+    def __init__(self) -> None:
+        from torch._dynamo.callback import CallbackTrigger
+
+        self._recording = getattr(CallbackTrigger, "CUDAGRAPH_RECORDING", None)
+        self.compilations = 0
+        self.recordings: int | None = 0 if self._recording is not None else None
+        self.skips = 0
+        self._skips_at_enter = 0
+
+    def _on_start(self, args: Any) -> None:
+        if args.callback_trigger == self._recording:
+            self.recordings = (self.recordings or 0) + 1
+        elif args.callback_trigger.name in ("DYNAMO", "LAZY_BACKWARD"):
+            self.compilations += 1
+
+    def __enter__(self) -> CompileEvents:
+        from torch._dynamo.callback import callback_handler
+        from torch._dynamo.utils import counters
+
+        self._skips_at_enter = counters["inductor"]["cudagraph_skips"]
+        callback_handler.register_start_callback(self._on_start)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        from torch._dynamo.callback import callback_handler
+        from torch._dynamo.utils import counters
+
+        callback_handler.remove_start_callback(self._on_start)
+        self.skips += counters["inductor"]["cudagraph_skips"] - self._skips_at_enter
+
+    def total(self) -> int:
+        return self.compilations + (self.recordings or 0) + self.skips
+
+    def describe(self) -> str:
+        recordings = "unknown (this torch does not report them)" if self.recordings is None else self.recordings
+        return f"{self.compilations} compilations, {recordings} CUDA-graph recordings, {self.skips} CUDA-graph skips"

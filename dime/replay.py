@@ -8,6 +8,7 @@ checkpointed run resumes with the same minibatches.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -86,7 +87,11 @@ class ReplayBuffer:
         for name in _COLUMNS:
             getattr(self, name)[:n] = state[name].to(self.device)
         self.position, self.size = position, n
-        self.generator.set_state(state["generator"])
+        saved = state["generator"]
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+        else:  # saved on another device type (CPU Mersenne Twister vs CUDA Philox): a stream seeded from that state
+            self.generator.manual_seed(int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little"))
 
 
 def _filled_rows(column: torch.Tensor, n: int) -> torch.Tensor:

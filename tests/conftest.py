@@ -73,3 +73,15 @@ def single_torch_thread():
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Under ``pytest -m gpu``, name every CUDA test that was skipped and why (``-rs`` folds identical reasons)."""
+    if "gpu" not in (config.option.markexpr or ""):
+        return
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if "gpu" in report.keywords]
+    if skipped:
+        terminalreporter.section(f"{len(skipped)} CUDA tests skipped")
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.line(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")

@@ -1,133 +1,60 @@
-"""The fast path (``--compile on``) against the eager reference, for every registered algorithm.
+"""The fast path (``--compile on|cudagraphs``) against the eager reference, for every registered algorithm, on the
+CPU and, where one is present, on a CUDA device (``pytest -m gpu`` runs only the CUDA cases; without CUDA they
+are skipped with that reason). The checks themselves live in ``tests/compile_checks.py`` (the GPU check runs them
+without pytest):
 
 * the hot loop (replay sampling, every gradient step of an env step, action selection) never synchronises with
-  the device: checked op by op with :class:`dime.compilation.ForbidHostSyncs`, which works on the CPU;
+  the device: op by op with :class:`dime.compilation.ForbidHostSyncs` on the CPU, with
+  ``torch.cuda.set_sync_debug_mode("error")`` on CUDA (eager here, compiled modes after their comparison);
 * compiled and eager updates from the same state give the same metrics, actions and parameters, at each of a few
   hundred consecutive updates;
 * after a warm-up that visits every phase of the schedule (policy delay, temperature steps, EMA, resets), nothing
-  is recompiled (``torch._dynamo.config.error_on_recompile``).
-
-Networks are tiny so that compiling every algorithm stays within the CI budget; the code paths are the paper's.
+  is recompiled, no CUDA graph is recorded again or skipped, and no state tensor moves to a new address (on the
+  CPU too: that is what would make CUDA graphs record again).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
-import torch._dynamo
 
-from dime.agents import ALGORITHMS, Agent, load_algorithm
-from dime.compilation import ForbidHostSyncs, HostSyncError, compile_function
-from dime.replay import ReplayBuffer
-from dime.tasks import get_task
+from dime.agents import ALGORITHMS
+from dime.compilation import CompileEvents, ForbidHostSyncs, HostSyncError, compile_function
 from dime.trainer import train
+from tests.compile_checks import (
+    TINY,
+    addresses,
+    build,
+    check_compiled_matches_eager,
+    check_no_host_syncs,
+    flat_state,
+    run_updates,
+    sync_state,
+)
 
-OBS_DIM, ACT_DIM = 5, 2
-TASK = get_task("dmc/reacher-easy")  # any task: the agents only read its metadata (critic support, gamma)
-PREFILL = 300
-
-#: Tiny networks and short schedules so every periodic branch fires within a few dozen updates.
-TINY: dict[str, dict[str, Any]] = {
-    "sac": {"hidden": (16, 16)},
-    "dime": {"critic_width": 32, "num_atoms": 11, "diffusion_steps": 2, "score_width": 16, "brn_warmup_steps": 6},
-    "dime-gauss": {"critic_width": 32, "num_atoms": 11, "brn_warmup_steps": 6},
-    "crossq": {"critic_hidden": (32, 32), "actor_hidden": (16, 16), "brn_warmup_steps": 6},
-    "bro": {"critic_width": 32, "actor_width": 16, "utd": 2, "n_quantiles": 8, "reset_steps": (20,)},
-    "bro-fast": {"critic_width": 32, "actor_width": 16, "n_quantiles": 8, "reset_steps": (20,)},
-    "qsm": {
-        "actor_hidden": (16, 16),
-        "critic_hidden": (16, 16),
-        "time_dim": 8,
-        "time_hidden": 16,
-        "diffusion_steps": 2,
-    },
-    "diffusion-ql": {
-        "actor_hidden": (16, 16),
-        "critic_hidden": (16, 16),
-        "diffusion_steps": 2,
-        "num_candidates": 4,
-        "ema_start": 4,
-        "ema_every": 2,
-    },
-    "consistency-ac": {
-        "actor_hidden": (16, 16),
-        "critic_hidden": (16, 16),
-        "num_steps": 2,
-        "num_candidates": 4,
-        "ema_start": 4,
-        "ema_every": 2,
-    },
-    "dipo": {
-        "actor_hidden": (16, 16),
-        "critic_hidden": (16, 16),
-        "time_dim": 8,
-        "time_hidden": 16,
-        "diffusion_steps": 2,
-        "action_gradient_steps": 2,
-    },
-    "qvpo": {
-        "actor_hidden": (16, 16),
-        "critic_hidden": (16, 16),
-        "time_dim": 8,
-        "time_hidden": 16,
-        "diffusion_steps": 2,
-        "train_samples": 4,
-        "behavior_samples": 2,
-        "target_samples": 2,
-        "eval_samples": 4,
-        "entropy_samples": 3,
-    },
-    "dacer": {
-        "hidden": (16, 16),
-        "diffusion_hidden": (16, 16),
-        "diffusion_steps": 2,
-        "alpha_every": 8,
-        "entropy_samples": 20,
-        "gmm_iterations": 3,
-        "delay_update": 2,
-    },
-}
+#: Marks of every CUDA test: selected by ``pytest -m gpu``, skipped with this reason where CUDA is unavailable.
+NEEDS_CUDA = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: torch.cuda.is_available() is False"),
+]
+COMPILED = [
+    pytest.param("cpu", "on", id="cpu-on"),
+    pytest.param("cuda", "on", marks=NEEDS_CUDA, id="cuda-on"),
+    pytest.param("cuda", "cudagraphs", marks=NEEDS_CUDA, id="cuda-cudagraphs"),
+]
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", marks=NEEDS_CUDA, id="cuda")]
 
 
 def test_every_algorithm_has_a_tiny_config():
     assert set(TINY) == set(ALGORITHMS)
 
 
-def build(algo: str, seed: int = 0) -> tuple[Agent, ReplayBuffer]:
-    """An agent and a filled buffer, identical for identical seeds (weights, buffer contents, sampling stream)."""
-    torch.manual_seed(seed)
-    cls = load_algorithm(algo)
-    config = cls.default_config(TASK).replace(**{"batch_size": 16, **TINY[algo]}, learning_starts=PREFILL)
-    agent = cls(TASK, OBS_DIM, ACT_DIM, config, torch.device("cpu"))
-    buffer = ReplayBuffer(OBS_DIM, ACT_DIM, 2 * PREFILL, "cpu", seed=seed)
-    rng = np.random.default_rng(seed)
-    for _ in range(PREFILL):
-        obs, action, next_obs = rng.normal(size=OBS_DIM), rng.uniform(-1, 1, ACT_DIM), rng.normal(size=OBS_DIM)
-        buffer.add(obs, action, rng.normal(), next_obs, rng.random() < 0.05)
-    return agent, buffer
-
-
-def run_updates(agent: Agent, buffer: ReplayBuffer, first: int, count: int) -> list[dict[str, torch.Tensor]]:
-    obs = torch.linspace(-1, 1, 3 * OBS_DIM).reshape(3, OBS_DIM)
-    history = []
-    for env_step in range(PREFILL + first, PREFILL + first + count):
-        history.append({k: v.detach().clone() for k, v in agent.update(buffer, env_step).items()})
-        agent.act(obs[:1], deterministic=False)
-    return history
-
-
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
-def test_hot_loop_has_no_host_syncs(algo: str):
-    agent, buffer = build(algo)
-    obs = torch.zeros(4, OBS_DIM)
-    with ForbidHostSyncs():
-        run_updates(agent, buffer, 0, 24)
-        agent.act(obs, deterministic=agent.config.eval_deterministic)
+def test_hot_loop_has_no_host_syncs(algo: str, device: str):
+    check_no_host_syncs(algo, device)
 
 
 def test_host_sync_guard_catches_item_and_masks():
@@ -144,56 +71,39 @@ def test_cudagraphs_mode_needs_cuda():
         compile_function(lambda x: x, "cudagraphs", torch.device("cpu"))
 
 
-def flat_state(agent: Agent) -> dict[str, torch.Tensor]:
-    """Every floating tensor of the agent's state_dict (networks, optimiser moments, temperatures), by path."""
-    out: dict[str, torch.Tensor] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            out[prefix] = value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}", v)
-        elif isinstance(value, list | tuple):
-            for i, v in enumerate(value):
-                walk(f"{prefix}/{i}", v)
-
-    walk("", agent.state_dict())
-    return out
-
-
-WARMUP, CHECKED = 24, 176
-
-
-@pytest.mark.parametrize("algo", list(ALGORITHMS))
-def test_compiled_updates_match_eager_without_recompiling(algo: str):
-    """Before every update the compiled agent takes the eager agent's exact state and RNG seed, so each comparison
-    measures one update's compiled-vs-eager error rather than the chaotic growth of rounding differences."""
+def test_compile_events_count_compilations_and_recompilations():
     torch._dynamo.reset()
-    eager, eager_buffer = build(algo)
-    compiled, compiled_buffer = build(algo)
-    compiled.compile_updates("on")
-    obs = torch.linspace(-1, 1, 3 * OBS_DIM).reshape(3, OBS_DIM)
-    for update in range(WARMUP + CHECKED):
-        compiled.load_state_dict(copy.deepcopy(eager.state_dict()))
-        results = []
-        for agent, buffer in ((eager, eager_buffer), (compiled, compiled_buffer)):
-            torch.manual_seed(update)
-            with torch._dynamo.config.patch(error_on_recompile=update >= WARMUP):
-                metrics = agent.update(buffer, PREFILL + update)
-                actions = agent.act(obs, deterministic=False)
-            results.append((metrics, actions, flat_state(agent)))
-        (want_metrics, want_actions, want_state), (got_metrics, got_actions, got_state) = results
-        assert_same(got_metrics, want_metrics, f"update {update}")
-        assert_same({"actions": got_actions}, {"actions": want_actions}, f"update {update}")
-        assert_same(got_state, want_state, f"update {update}")
+    double = torch.compile(lambda x: 2 * x, backend="eager")  # Dynamo only: no Inductor compilation to wait for
+    events = CompileEvents()
+    with events:
+        double(torch.ones(3))
+        double(torch.ones(3))
+    assert (events.compilations, events.skips) == (1, 0)
+    with events:
+        double(torch.ones(3, dtype=torch.float64))  # a new dtype: recompiled
+    assert events.compilations == 2 and events.total() == 2 + (events.recordings or 0)
+    assert events.recordings in (0, None), "no CUDA graph without CUDA"
 
 
-def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], where: str) -> None:
-    assert got.keys() == want.keys()
-    for key in want:
-        message = f"{key} at {where}"
-        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=lambda m, s=message: f"{s}: {m}")
+def test_state_sync_keeps_every_tensor_in_place():
+    """The compiled-vs-eager comparison hands the compiled agent the eager state before every update; it must not
+    move tensors (optimiser states included), or CUDA graphs would be recorded again at every update."""
+    target, target_buffer = build("dime")
+    source, source_buffer = build("dime", seed=1)
+    run_updates(target, target_buffer, 0, 3)  # optimiser states exist
+    run_updates(source, source_buffer, 0, 4)
+    pinned = addresses(target)
+    assert any(".state[" in name for name in pinned) and "log_alpha" in pinned
+    sync_state(target, source)
+    assert addresses(target) == pinned
+    want, got = flat_state(source), flat_state(target)
+    assert all(torch.equal(got[k], want[k]) for k in want) and target.critic_updates == source.critic_updates
+
+
+@pytest.mark.parametrize(("device", "mode"), COMPILED)
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_compiled_updates_match_eager_without_recompiling(algo: str, device: str, mode: str):
+    check_compiled_matches_eager(algo, device, mode)
 
 
 def test_training_run_compiles_and_resumes_across_modes(tmp_path):

@@ -59,6 +59,7 @@ EXPERIMENTS = [exp.name for exp in STUDY.experiments]
 CHECKPOINT_EVERY = STUDY.data["checkpoint_every"]
 COMPILE = STUDY.data["compile"]
 TRAIN_THREADS = STUDY.data["resources"]["threads"]
+RUNS_PER_GPU = STUDY.data["resources"]["runs_per_gpu"]
 
 wildcard_constraints:
     label=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
@@ -86,19 +87,47 @@ def local_gpu_count():
 
 
 LOCAL_GPUS = local_gpu_count()
-# Local runs hold one `local_gpus` token per training job, so at most LOCAL_GPUS train at once (the scheduler takes
-# global resources from the command line or from here, before any job exists). Cluster jobs take no token: SLURM
-# allocates their GPUs, and a login node's GPU count must not cap the cluster.
+# Local runs hold one `local_gpus` token (a GPU slot) per training job, so at most LOCAL_GPUS x runs_per_gpu train at
+# once (the scheduler takes global resources from the command line or from here, before any job exists). Cluster
+# jobs take no token: SLURM allocates their GPUs, and a login node's GPU count must not cap the cluster.
 if LOCAL_GPUS > 0 and "local_gpus" not in workflow.global_resources:
-    workflow.register_resource("local_gpus", LOCAL_GPUS)
+    workflow.register_resource("local_gpus", LOCAL_GPUS * RUNS_PER_GPU)
+
+# Several runs per GPU on a cluster: training jobs form groups of RUNS_PER_GPU (Snakemake job groups, "group
+# components"; groups only exist for cluster executors), each submitted as one allocation. Summed over its members,
+# a group would ask for RUNS_PER_GPU GPUs; members therefore request none and the group one through `gres` (a string
+# resource, which Snakemake takes once per group instead of adding). CPUs and memory add up; the runtime is the
+# members' longest, each scaled by the sharing slowdown (studylib.runtime_minutes).
+def train_group(wildcards):
+    components = workflow.group_settings.group_components
+    if "train" not in components:
+        # Set here rather than at parse time: Snakemake replaces the workflow's group settings with the command
+        # line's after parsing this file and before grouping jobs, which evaluates this function first. An
+        # explicit --group-components train=K wins.
+        workflow.group_settings.group_components = {**components, "train": RUNS_PER_GPU}
+    return "train"
+
+
+TRAIN_GROUP = train_group if RUNS_PER_GPU > 1 else None
+
+
+def shares_cluster_gpu():
+    return workflow.non_local_exec and RUNS_PER_GPU > 1 and config["gpus_per_job"] == "auto"
 
 
 def train_gpus(wildcards):
     """GPUs per training job: 1 on a cluster executor, 1 locally when a GPU is visible, 0 on a CPU-only machine
-    (so `snakemake --cores all` on a laptop neither waits for a GPU nor oversubscribes one); or the configured number."""
+    (so `snakemake --cores all` on a laptop neither waits for a GPU nor oversubscribes one); or the configured number.
+    0 on a cluster when runs share GPUs: the job group requests the one GPU (train_gres)."""
     if config["gpus_per_job"] != "auto":
         return int(config["gpus_per_job"])
+    if shares_cluster_gpu():
+        return 0
     return 1 if (workflow.non_local_exec or LOCAL_GPUS > 0) else 0
+
+
+def train_gres(wildcards):
+    return "gpu:1" if shares_cluster_gpu() else None
 
 
 def train_local_gpus(wildcards):

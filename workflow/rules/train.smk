@@ -9,9 +9,15 @@
 # one line when a run that still has to train cannot train where it is about to run (workflow/rules/common.smk).
 
 
+# With `resources: runs_per_gpu: N` in the study, N runs share a GPU: locally gpu_launch.py hands out N slots per GPU;
+# on a cluster N training jobs form one job group (common.smk), one allocation with one GPU.
+
+
 rule train:
     input:
         train_checks,
+    group:
+        TRAIN_GROUP
     output:
         f"{RUNS}/{{label}}/{{task}}/seed{{seed}}/summary.json",
     log:
@@ -24,6 +30,7 @@ rule train:
     threads: TRAIN_THREADS
     resources:
         gpu=train_gpus,
+        gres=train_gres,
         local_gpus=train_local_gpus,
         runtime=run_runtime,
         mem_mb=run_mem_mb,
@@ -32,6 +39,7 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
         "{PYTHON:q} {SCRIPTS}/gpu_launch.py --gpus {resources.local_gpus} --local-gpus {LOCAL_GPUS} "
+        "--runs-per-gpu {RUNS_PER_GPU} "
         "--lock-dir .snakemake/gpu-slots -- "
         "{PYTHON:q} -m dime.train --algo {params.algo:q} --task {wildcards.task} --seed {wildcards.seed} "
         "--steps {params.steps} --eval-every {params.eval_every} --checkpoint-every {CHECKPOINT_EVERY} --threads {threads} --compile {COMPILE} "

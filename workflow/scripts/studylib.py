@@ -415,8 +415,10 @@ def override_args(overrides: tuple[tuple[str, Any], ...]) -> list[str]:
 
 
 def runtime_minutes(run: Run, resources: dict[str, Any]) -> int:
-    """SLURM time limit: suite hours per 1M steps x steps x algorithm factor x margin, at least the minimum."""
-    hours = resources["hours_per_million_steps"][run.suite] * run.steps / 1e6 * run.runtime_factor
+    """SLURM time limit: suite hours per 1M steps x steps x algorithm factor x sharing slowdown x margin, at least
+    the minimum. The sharing slowdown (``runs_per_gpu`` runs on one GPU) defaults to ``runs_per_gpu``."""
+    slowdown = resources.get("sharing_slowdown") or resources.get("runs_per_gpu", 1)
+    hours = resources["hours_per_million_steps"][run.suite] * run.steps / 1e6 * run.runtime_factor * slowdown
     minutes = math.ceil(hours * 60 * resources["runtime_margin"])
     return max(minutes, resources["min_runtime_minutes"])
 
