@@ -112,7 +112,8 @@ def expected_outputs(results: Path, experiments: list[str]) -> list[Path]:
             for ext in ("md", "tex", "csv")
         ]
         files += [results / "plots" / f"{experiment}_{kind}.{ext}" for kind in PLOT_KINDS for ext in ("png", "pdf")]
-    files += [results / "tables" / f"reproduction{k}" for k in (".md", ".tex", ".csv", "_summary.md", "_summary.csv")]
+    kinds = (".md", ".tex", ".html", ".csv", "_summary.md", "_summary.csv")
+    files += [results / "tables" / f"reproduction{kind}" for kind in kinds]
     files += [results / "plots" / f"reproduction_{label}.{ext}" for label in ("dime", "sac") for ext in ("png", "pdf")]
     return files
 

@@ -57,9 +57,9 @@ rule reproduction:
             for name in ("reference_data.py", "studylib.py", "aggregate.py", "make_plots.py", "make_tables.py")
         ],
     output:
-        tables=multiext(f"{OUT}/tables/reproduction", ".md", ".tex"),
-        csv=report(
-            f"{OUT}/tables/reproduction.csv",
+        tables=multiext(f"{OUT}/tables/reproduction", ".md", ".tex", ".csv"),
+        html=report(
+            f"{OUT}/tables/reproduction.html",
             caption="../report/reproduction_table.rst",
             category="Reproduction check",
             labels={"table": "ours vs published curves"},

@@ -17,7 +17,8 @@ except studylib.StudyError as error:
 
 
 def reproduction_outputs():
-    tables = [f"{OUT}/tables/reproduction{kind}" for kind in (".md", ".tex", ".csv", "_summary.md", "_summary.csv")]
+    kinds = (".md", ".tex", ".html", ".csv", "_summary.md", "_summary.csv")
+    tables = [f"{OUT}/tables/reproduction{kind}" for kind in kinds]
     plots = [f"{OUT}/plots/reproduction_{label}.{ext}" for label in REPRODUCTION_LABELS for ext in ("png", "pdf")]
     return tables + [f"{OUT}/tables/reproduction_steps.csv"] + plots
 

@@ -46,7 +46,7 @@ import reference_data
 import studylib
 from aggregate import interval, iqm_along_runs
 from make_plots import label_colors
-from make_tables import fmt_ci, to_latex, to_markdown
+from make_tables import fmt_ci, html_page, to_html, to_latex, to_markdown
 
 STEP_COLUMNS = ["label", "task", "source", "step", "reference_step", "ours", "ours_lo", "ours_hi", "theirs",
                 "theirs_lo", "theirs_hi", "verdict"]  # fmt: skip
@@ -311,6 +311,7 @@ def write_tables(tables: Path, checks: list[Check], study: studylib.Study, refer
     text, lines = caption(study), notes(checks, reference)
     (tables / "reproduction.md").write_text(to_markdown(shown, text, lines))
     (tables / "reproduction.tex").write_text(to_latex(shown, text, lines, f"tab:{study.name}-reproduction"))
+    (tables / "reproduction.html").write_text(html_page("Reproduction check", to_html(shown, text, lines)))
     machine.to_csv(tables / "reproduction.csv", index=False)
     steps = pd.DataFrame([row for c in checks for row in c.steps], columns=STEP_COLUMNS)
     steps.to_csv(tables / "reproduction_steps.csv", index=False)
