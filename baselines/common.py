@@ -1,4 +1,5 @@
-"""Pieces shared by the Gaussian-policy baselines (CrossQ, BRO; usable by SAC): tanh-squashed Gaussian sampling.
+"""Pieces shared by the Gaussian-policy baselines (SAC, CrossQ, BRO): tanh-squashed Gaussian sampling, and the
+log-temperature of every baseline with an entropy temperature α (also DACER).
 
 A tanh-Gaussian policy draws u ~ N(μ, σ²) and acts with a = tanh(u). Its log-density is the change of variables
 
@@ -35,3 +36,9 @@ def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[tor
     pre_tanh = mean + log_std.exp() * noise
     gaussian = (-0.5 * noise.square() - log_std - _LOG_SQRT_2PI).sum(-1)
     return torch.tanh(pre_tanh), gaussian - tanh_log_det_jacobian(pre_tanh)
+
+
+def log_temperature(alpha: float) -> float:
+    """log α for a temperature α >= 0, with log 0 = −inf: exp(−inf) is exactly 0, so a fixed α = 0 (the
+    "no entropy" ablation) trains with α = 0 rather than falling back to a default."""
+    return math.log(alpha) if alpha > 0 else -math.inf
