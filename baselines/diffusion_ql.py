@@ -2,10 +2,10 @@
 diffusion`` runs it, ``baselines.md`` §6.
 
 Diffusion-QL is an offline method; its own code (``Zhendong-Wang/Diffusion-Policies-for-Offline-RL`` at
-``d871f5c``) is D4RL-only. The only public *online* Diffusion-QL is the
-Consistency-AC repository's ``online.py --model diffusion`` (its README: "train online RL Diffusion-QL"), which runs
-the Diffusion-QL policy inside the same ``OnlineAgent`` and loop as Consistency-AC, on the task set the DIME figures
-show for both. It is the default here (:class:`CACOnlineAgent`):
+``d871f5c``) is D4RL-only. The only public *online* Diffusion-QL is the Consistency-AC repository's ``online.py
+--model diffusion`` (its README: "train online RL Diffusion-QL"), which runs the Diffusion-QL policy inside the
+same ``OnlineAgent`` and loop as Consistency-AC (the DIME figures show both on the dog tasks). It is the default
+here (:class:`CACOnlineAgent`):
 
 Policy: a conditional DDPM over actions, T = 5 VP steps, x̂_0 clipped to [−1, 1] at every reverse step; the
 ε-network is Diffusion-QL's (16-d sinusoidal time embedding → 32 → 16, trunk 3 × 256 Mish, PyTorch's default init).
@@ -22,12 +22,12 @@ Policy: a conditional DDPM over actions, T = 5 VP steps, x̂_0 clipped to [−1,
   update every 12 env steps; replay buffer of 1e5 transitions; no uniform warm-up.
 
 **The paper's loss as an option.** ``--set bc_term=true`` trains with the paper's eq. 5,
-L(θ) = L_bc(θ) + η·L_q(θ), L_bc = E_{(s,a)~D, t, ε} ‖ε − ε_θ(√ᾱ_t a + √(1 − ᾱ_t) ε, t, s)‖² (Ho et al. eq. 14), η
-= ``eta`` (1.0, the D4RL locomotion value). The suite's earlier online variant of the offline recipe is
+L(θ) = L_bc(θ) + η·L_q(θ), L_bc = E_{(s,a)~D, t, ε} ‖ε − ε_θ(√ᾱ_t a + √(1 − ᾱ_t) ε, t, s)‖² (Ho et al. eq. 14),
+η = ``eta`` = 1.0 (the D4RL locomotion value). The suite's earlier online run of the offline recipe is
 ``--set bc_term=true actor_lr=3e-4 train_every=1 epsilon_start=0 epsilon_end=0 buffer_size=1000000
-learning_starts=10000``. Observed with it online (64-unit test nets): on Pendulum-v1 the policy barely improved in
-8k steps (about -1000), its samples staying near the buffer's action distribution, since |∇L_q| = |∇ₐQ|/|Q̄| is
-small next to the BC gradient.
+learning_starts=10000``. Observed with it (64-unit test nets): on Pendulum-v1 the policy barely improved in 8k
+steps (about -1000), its samples staying near the buffer's action distribution, since |∇L_q| = |∇ₐQ|/|Q̄| is small
+next to the BC gradient.
 
 Deviations from the official code (``quantumiracle/Consistency_Model_For_Reinforcement_Learning`` at ``cdeae87``):
 

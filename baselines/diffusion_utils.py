@@ -1,17 +1,23 @@
 """Shared pieces of the diffusion-policy baselines (QSM, Diffusion-QL, Consistency-AC, DIPO, QVPO, DACER).
 
-Only what at least two of those methods use lives here (``baselines.md`` §5–§10):
+Only what at least two of those methods use, or several of their official codes define alike, lives here
+(``baselines.md`` §5–§10):
 
 * β schedules: VP (Diffusion-QL, QSM, DACER), cosine (DIPO, QVPO; Nichol & Dhariwal 2021), linear;
 * :class:`DiffusionSchedule`: DDPM forward noising q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (Ho et al. 2020,
   eq. 4) and the ancestral reverse sampler x_{t−1} = μ̃_t(x̂_0, x_t) + σ_t z with optional x̂_0 clipping, per-step
   sample clipping and a noise-ratio knob. Gradients flow through the sampler unless the caller disables them;
   Diffusion-QL and DACER back-propagate through the whole chain;
-* sinusoidal (Vaswani et al. 2017) and learnable Fourier (QSM) time features, and the ε-network
-  ε_θ(x_t, t, s): a Mish MLP on concat(x_t, time_mlp(emb(t)), s);
+* the official codes' weight initialisers (:func:`xavier_linear` for QSM, :func:`dipo_linear` for DIPO and QVPO,
+  :func:`haiku_linear` for DACER; Diffusion-QL and Consistency-AC keep PyTorch's default, as their codes do);
+* sinusoidal (Vaswani et al. 2017; DACER's scaled variant) and learnable Fourier (QSM) time features, and the
+  ε-network ε_θ(x_t, t, s): a Mish MLP on concat(x_t, time_mlp(emb(t)), s);
 * :class:`TwinCritic`: the two Q-networks stacked into one batched MLP (``baselines.md`` §16.4);
-* small helpers: candidate replication for best-of-N / softmax(Q) action selection and a sync-free categorical
-  draw.
+* small helpers: candidate replication for best-of-N / softmax(Q) action selection, a sync-free categorical
+  draw, Diffusion-QL's softmax(Q) selection and normalised Q loss;
+* :class:`CACOnlineAgent`: the Consistency-AC repository's online agent and loop, which runs both Consistency-AC
+  and its online Diffusion-QL; :class:`DIPOCodebaseAgent`: DIPO's networks and optimisers, which QVPO's code
+  reuses.
 """
 
 from __future__ import annotations

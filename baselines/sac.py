@@ -24,9 +24,12 @@ Deviations from the official code (``vwxyzjn/cleanrl`` at ``fe8d8a0``):
 | reports the returns of its training      |                                        |                                  |
 | episodes.                                |                                        |                                  |
 +------------------------------------------+----------------------------------------+----------------------------------+
-| The tanh log-det is computed exactly     | No fudge term is needed in the         | Small: differs only for          |
-| (2·(log 2 − u − softplus(−2u))); CleanRL | overflow-free form                     | saturated actions, where         |
-| adds 1e-6 inside log(1 − tanh²u).        | (``baselines.common``).                | CleanRL's log π is bounded.      |
+| log π is the density of the action in    | The agent sees the unit action space   | None on ±1 tasks; elsewhere      |
+| [−1, 1]^A; CleanRL's is that of the      | only (``dime.tasks.make_env`` maps it  | CleanRL's α drives E[log π] (in  |
+| env-scaled action, log(s·(1 − a²) +      | to the bounds).                        | unit-action terms) to |A| + Σ_d  |
+| 1e-6) with s = (high − low)/2, which     |                                        | log s_d instead of |A|: +0.69 on |
+| adds −Σ_d log s_d when the bounds are    |                                        | Pendulum, −15.6 on Humanoid.     |
+| not ±1 (Pendulum ±2, Humanoid ±0.4).     |                                        |                                  |
 +------------------------------------------+----------------------------------------+----------------------------------+
 | The policy delay counts critic updates,  | The agent owns its update schedule.    | None (the same every-2nd         |
 | not env steps                            |                                        | pattern).                        |
@@ -78,8 +81,9 @@ class TanhGaussianActor(nn.Module):
         return mean, log_std
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-density log π(a|s) (Gaussian log-density minus tanh Jacobian)."""
-        return tanh_gaussian_sample(*self(obs))
+        """Reparameterised action and its log-density log π(a|s): Gaussian log-density minus CleanRL's tanh
+        Jacobian term Σ log(1 − a² + 1e-6)."""
+        return tanh_gaussian_sample(*self(obs), jacobian_epsilon=1e-6)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])
