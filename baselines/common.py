@@ -7,7 +7,7 @@ A tanh-Gaussian policy draws u ~ N(μ, σ²) and acts with a = tanh(u). Its log-
 
 with the Jacobian term written as 2·(log 2 − u − softplus(−2u)), the overflow-free form TensorFlow Probability's
 ``Tanh`` bijector uses (the CrossQ/SBX and BRO references both sample through it), so no ``+1e-6`` fudge is
-needed when tanh saturates; SAC keeps CleanRL's fudged form, log(1 − tanh²u + 1e-6).
+needed when tanh saturates.
 """
 
 from __future__ import annotations
@@ -26,22 +26,16 @@ def tanh_log_det_jacobian(pre_tanh: torch.Tensor) -> torch.Tensor:
     return (2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
 
 
-def tanh_gaussian_sample(
-    mean: torch.Tensor, log_std: torch.Tensor, jacobian_epsilon: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def tanh_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A reparameterised draw a = tanh(μ + σ·ε), ε ~ N(0, I), and its log-density log π(a|s), shape (..., A), (...).
 
     The Gaussian term is written with ε rather than (u − μ)/σ: the two are equal, and ε avoids a division that
     would lose precision for tiny σ. Noise comes from the global torch RNG so checkpointed runs resume exactly.
-    ``jacobian_epsilon`` > 0 uses CleanRL's Jacobian term Σ_d log(1 − a_d² + ε) instead of the exact one.
     """
     noise = torch.randn_like(mean)
     pre_tanh = mean + log_std.exp() * noise
     gaussian = (-0.5 * noise.square() - log_std - _LOG_SQRT_2PI).sum(-1)
-    action = torch.tanh(pre_tanh)
-    if jacobian_epsilon > 0:
-        return action, gaussian - torch.log(1.0 - action.square() + jacobian_epsilon).sum(-1)
-    return action, gaussian - tanh_log_det_jacobian(pre_tanh)
+    return torch.tanh(pre_tanh), gaussian - tanh_log_det_jacobian(pre_tanh)
 
 
 def log_temperature(alpha: float) -> float:

@@ -24,12 +24,14 @@ Deviations from the official code (``vwxyzjn/cleanrl`` at ``fe8d8a0``):
 | reports the returns of its training      |                                        |                                  |
 | episodes.                                |                                        |                                  |
 +------------------------------------------+----------------------------------------+----------------------------------+
-| log π is the density of the action in    | The agent sees the unit action space   | None on ±1 tasks; elsewhere      |
-| [−1, 1]^A; CleanRL's is that of the      | only (``dime.tasks.make_env`` maps it  | CleanRL's α drives E[log π] (in  |
-| env-scaled action, log(s·(1 − a²) +      | to the bounds).                        | unit-action terms) to |A| + Σ_d  |
-| 1e-6) with s = (high − low)/2, which     |                                        | log s_d instead of |A|: +0.69 on |
-| adds −Σ_d log s_d when the bounds are    |                                        | Pendulum, −15.6 on Humanoid.     |
-| not ±1 (Pendulum ±2, Humanoid ±0.4).     |                                        |                                  |
+| log π is that of the action in [−1, 1]^A | The agent sees only the unit action    | None on ±1 tasks without         |
+| with the exact tanh Jacobian; CleanRL's  | space (``dime.tasks.make_env`` maps it | saturation; elsewhere CleanRL's  |
+| is that of the env-scaled action,        | to the bounds), so s is unknown to it; | α drives E[log π] (in            |
+| log(s·(1 − a²) + 1e-6) with s = (high −  | the floor alone, without s, is neither | unit-action terms) to dim A +    |
+| low)/2, i.e. an extra −Σ_d log s_d when  | CleanRL's log π nor needed by the      | Σ_d log s_d instead of dim A:    |
+| the bounds are not ±1 (Pendulum ±2,      | exact form (tried: in the test config  | +0.69 on Pendulum, −15.6 on      |
+| Humanoid ±0.4) and a 1e-6 floor for      | it slowed Pendulum, seed 0 at 6k steps | Humanoid.                        |
+| saturated actions.                       | −304 against −119).                    |                                  |
 +------------------------------------------+----------------------------------------+----------------------------------+
 | The policy delay counts critic updates,  | The agent owns its update schedule.    | None (the same every-2nd         |
 | not env steps                            |                                        | pattern).                        |
@@ -81,9 +83,8 @@ class TanhGaussianActor(nn.Module):
         return mean, log_std
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-density log π(a|s): Gaussian log-density minus CleanRL's tanh
-        Jacobian term Σ log(1 − a² + 1e-6)."""
-        return tanh_gaussian_sample(*self(obs), jacobian_epsilon=1e-6)
+        """Reparameterised action and its log-density log π(a|s) (Gaussian log-density minus tanh Jacobian)."""
+        return tanh_gaussian_sample(*self(obs))
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0])

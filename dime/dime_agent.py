@@ -31,9 +31,9 @@ Deviations from the official code (``ALRhub/DIME`` at ``7082bb7``):
 | instead of numpy's global RNG).          |                                        |                                  |
 +------------------------------------------+----------------------------------------+----------------------------------+
 | Critic support: ±200 on DMC and ±1600 on | The authors give values only for their | None on the paper's DMC and Gym  |
-| Ant/Humanoid as the authors; the other   | tasks (the MyoSuite one is not in the  | tasks; finer supports on         |
-| Gym tasks get the registry's rule        | repository).                           | small-reward tasks (Reacher,     |
-| (``dime.tasks``), MyoSuite ±1000.        |                                        | Pendulum).                       |
+| Ant/Humanoid as the authors; the other   | tasks (the MyoSuite one is not in the  | tasks; a finer support on        |
+| Gym tasks get the registry's rule        | repository).                           | Reacher, one containing          |
+| (``dime.tasks``), MyoSuite ±1000.        |                                        | Pendulum's values.               |
 +------------------------------------------+----------------------------------------+----------------------------------+
 | Gym tasks are Gymnasium ``-v4``/``-v5``  | mujoco-py is unmaintained; one env     | Gym returns not strictly         |
 | (``-v3`` needs mujoco-py); Ant-v4's      | factory for the suite.                 | comparable with the paper's      |
@@ -76,12 +76,12 @@ class DIMETrainingConfig(AgentConfig):
     """Critic, optimiser and schedule settings shared by DIME and its Gaussian-actor ablation (``dime.md`` §1).
 
     ``v_min``/``v_max``: critic support; :meth:`DIME.default_config` takes them from the task registry (the
-    authors' ±200 on DMC and ±1600 on Ant/Humanoid, a per-task rule elsewhere: ``dime.tasks``). ``alpha``: a fixed temperature, or None to auto-tune log α from
-    ``init_alpha``. ``target_entropy_per_dim``: in SAC's sign convention (as in ``baselines.sac``), α is tuned so
-    that the batch mean of the running cost approaches −target_entropy_per_dim·|A|, i.e. the entropy proxy
-    −running cost approaches target_entropy_per_dim·|A|. The reference hard-codes "target entropy 4·|A|" but
-    tunes the running cost, a log-probability-like quantity, towards +4·|A| (``dime.md`` §5.2, §9.3); that is
-    −4 here.
+    authors' ±200 on DMC and ±1600 on Ant/Humanoid, a per-task rule elsewhere: ``dime.tasks``). ``alpha``: a fixed
+    temperature, or None to auto-tune log α from ``init_alpha``. ``target_entropy_per_dim``: in SAC's sign
+    convention (as in ``baselines.sac``), α is tuned so that the batch mean of the running cost approaches
+    −target_entropy_per_dim·|A|, i.e. the entropy proxy −running cost approaches target_entropy_per_dim·|A|. The
+    reference hard-codes "target entropy 4·|A|" but tunes the running cost, a log-probability-like quantity,
+    towards +4·|A| (``dime.md`` §5.2, §9.3); that is −4 here.
     ``brn_warmup_steps`` counts critic updates (100k ≈ 50k env steps at UTD 2).
     """
 
