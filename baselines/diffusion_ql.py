@@ -116,8 +116,8 @@ class DiffusionQL(CACOnlineAgent):
     config: DiffusionQLConfig
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DiffusionQLConfig, device: torch.device):
-        self.schedule = DiffusionSchedule.make(config.beta_schedule, config.diffusion_steps).to(device)
         super().__init__(task, obs_dim, act_dim, config, device)
+        self.schedule = DiffusionSchedule.make(config.beta_schedule, config.diffusion_steps).to(device)
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DiffusionQLConfig:

@@ -86,7 +86,9 @@ from dime.tasks import TaskSpec
 @dataclass
 class QVPOConfig(DIPOCodebaseConfig):
     """``main.py``'s defaults with ``--weighted --aug``. ``entropy_alpha``/``entropy_alpha_min``: α₀ and α_min of
-    the linear decay; ``entropy_decay_steps``: its span N in env steps (None: the run's total steps, 0: no decay)."""
+    the linear decay; ``entropy_decay_steps``: its span N in env steps (None: the run's total steps, 0: no decay).
+    A run resumed with a larger budget continues the decay towards its new end, as a longer official run would
+    from that step on."""
 
     eval_deterministic: bool = True  # best of ``eval_samples`` by Q
     diffusion_steps: int = 20
