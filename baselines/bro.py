@@ -14,7 +14,8 @@ optimistic exploration policy (``baselines.md`` §4; facts read in ``naumix/Bigg
   q̄ = ½(θ̄¹ + θ̄²) − pessimism · ½|θ̄¹ − θ̄²| from Polyak targets (τ = 0.005); pessimism 0 is the plain mean.
 * **Actor**: tanh-Gaussian, log σ squashed into [−10, 2] (mean head gain √2, log σ head gain 1);
   L_π = mean_b [α log π(a|s) − mean_i q̄_i(s, a)] with the online critics.
-  Temperature: L_α = α · (H̄ − H̄_target), H̄ = −mean log π, H̄_target = −|A|/2, α₀ = 1, Adam(3e-4, β₁ 0.5).
+  Temperature: L_α = α · (H̄ − H̄_target), H̄ = −mean log π, H̄_target = −|A|/2, α₀ = 1, Adam(3e-4, β₁ 0.5);
+  ``--set alpha=…`` fixes α instead (``alpha=0``: no entropy term).
 * **Optimistic exploration actor**: a BroNet on (s, μ(s)) emits a mean shift (bias-free head, orthogonal init with
   gain 0.01); the exploration policy is tanh(N(μ + shift, (0.75 σ)²)), with μ, σ from the (just updated) main
   actor. It maximises an upper bound, with KL weight λ:
@@ -33,26 +34,53 @@ optimistic exploration policy (``baselines.md`` §4; facts read in ``naumix/Bigg
   reference, which re-runs its seeded initialiser, the networks return to the *same* initial weights.
 * **BRO (Fast)** (:class:`BROFast`) is this class with UTD 2; the reference then keeps only the first reset.
 
-Deviations from the official code and why:
+Deviations from the official code (``naumix/BiggerRegularizedOptimistic`` at ``5870a13``):
 
-* One seed per process. The reference vmaps 10 seeds over one set of jitted updates; independent processes are
-  equivalent per seed (and fit the study's job-per-run workflow), at a higher total cost.
-* Evaluation: 5 deterministic episodes (the reference's count) at the suite's common cadence instead of every 25k
-  steps.
-* MyoSuite: episodes last the registry horizon (``dime.tasks``; 50-200 steps) and the study scores final-step
-  ``solved``; the reference cuts every MyoSuite episode at 100 steps and scores ``solved`` at any step. The
-  trainer logs both success flavours (``success_final``, ``success_any``) so BRO's own metric stays available.
-  The reference's MyoSuite wrapper also ignores per-env seeds; here every episode is seeded.
-* Gym (which the reference cannot run: ``jaxrl.envs.openai_gym`` is missing) and DMC go through
-  :func:`dime.tasks.make_env`; DMC has no action repeat, as in the reference. Time limits bootstrap in both.
-* Resets fire before the update of the first env step after each scheduled count (the reference's
-  ``env_step in [15001, 50001, …]`` with 1-based steps, i.e. the same moment) and also when a scheduled step was
-  skipped (e.g. ``learning_starts`` beyond it), where the reference would silently miss it.
-* The reference samples one (UTD, batch) array per env step; here one batch·UTD draw is sliced per gradient step
-  (the same distribution: uniform with replacement).
-* The α, β_opt and λ losses are backpropagated together with the optimistic actor's loss in one backward pass;
-  they share no parameters (the values entering each other's losses are detached), so the gradients are the
-  reference's.
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| One seed per process; the reference      | Independent processes are equivalent   | None (a higher total cost).      |
+| vmaps 10 seeds over one set of jitted    | per seed and fit the study's           |                                  |
+| updates.                                 | job-per-run workflow.                  |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Evaluation: 5 deterministic episodes     | One protocol for all methods.          | None.                            |
+| (tanh of the mean, the reference's count |                                        |                                  |
+| and rule) at the study's cadence instead |                                        |                                  |
+| of every 25k steps.                      |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| MyoSuite: episodes last the registry     | The study's MyoSuite protocol is       | Could change the MyoSuite scores |
+| horizon (50-200 steps) and the study     | DIME's; the trainer logs both success  | (horizon and success             |
+| scores final-step ``solved``; the        | flavours (``success_final``,           | definition).                     |
+| reference cuts every MyoSuite episode at | ``success_any``), so BRO's own metric  |                                  |
+| 100 steps, scores ``solved`` at any step | stays available.                       |                                  |
+| and ignores per-env seeds.               |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Gym (which the reference cannot run:     | One env factory for the suite.         | None on DMC.                     |
+| ``jaxrl.envs.openai_gym`` is missing)    |                                        |                                  |
+| and DMC through ``dime.tasks.make_env``; |                                        |                                  |
+| no action repeat on DMC, as in the       |                                        |                                  |
+| reference. Time limits bootstrap in      |                                        |                                  |
+| both.                                    |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Resets fire before the update of the     | The reference would silently miss a    | None.                            |
+| first env step after each scheduled      | skipped reset; the RNG stream is not   |                                  |
+| count (the reference's                   | part of the algorithm.                 |                                  |
+| ``env_step in [15001, 50001, …]``), also |                                        |                                  |
+| when a scheduled step was skipped (e.g.  |                                        |                                  |
+| ``learning_starts`` beyond it); the      |                                        |                                  |
+| reference's reset also re-seeds its      |                                        |                                  |
+| sampling PRNG, this one restores the     |                                        |                                  |
+| initial weights only.                    |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| One batch·UTD draw sliced per gradient   | The same distribution (uniform with    | None.                            |
+| step; the reference samples a (UTD,      | replacement), one sampler call.        |                                  |
+| batch) array per env step.               |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| The α, β_opt and λ losses are            | They share no parameters (the values   | None.                            |
+| backpropagated together with the         | entering each other's losses are       |                                  |
+| optimistic actor's loss in one backward  | detached): the reference's gradients,  |                                  |
+| pass.                                    | one pass.                              |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
@@ -67,8 +95,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.common import tanh_gaussian_sample
-from dime.agents import Agent, AgentConfig
-from dime.nn import EnsembleLinear, polyak_update
+from dime.agents import Agent, AgentConfig, at_least, check, positive, unit_interval
+from dime.nn import EnsembleLinear, log_temperature, polyak_update
 from dime.replay import ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -96,6 +124,7 @@ class BROConfig(AgentConfig):
     lr: float = 3e-4  # critic, actor and optimistic actor (AdamW)
     weight_decay: float = 1e-4  # optax.adamw default
     alpha_lr: float = 3e-4
+    alpha: float | None = None  # a fixed temperature; None tunes it from init_alpha towards the target entropy
     init_alpha: float = 1.0
     target_entropy: float | None = None  # None: −|A|/2
     dual_lr: float = 3e-5  # β_opt and λ
@@ -107,6 +136,24 @@ class BROConfig(AgentConfig):
     shift_init_scale: float = 0.01
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+
+    def validate(self) -> None:
+        super().validate()
+        at_least(self, 1, "utd", "critic_width", "actor_width", "n_quantiles")
+        at_least(self, 0, "critic_depth", "actor_depth", "pessimism", "weight_decay", "alpha", "shift_init_scale")
+        check(
+            self,
+            "reset_steps",
+            all(s >= 0 for s in self.reset_steps) and list(self.reset_steps) == sorted(self.reset_steps),
+            "an ascending list of env steps >= 0",
+        )
+        positive(self, "kappa", "lr", "alpha_lr", "init_alpha", "dual_lr", "kl_target", "std_multiplier")
+        unit_interval(self, "tau", "adam_b1_scalars")
+        dual_range = f"a number in (exp({_DUAL_LOG_MIN:g}), exp({_DUAL_LOG_MAX:g})) (the dual variables' range)"
+        for name in ("init_optimism", "init_kl_weight"):
+            value = getattr(self, name)
+            check(self, name, math.exp(_DUAL_LOG_MIN) < value < math.exp(_DUAL_LOG_MAX), dual_range)
+        check(self, "log_std_max", self.log_std_max > self.log_std_min, "a number > log_std_min")
 
 
 def orthogonal_linear(gain: float, bias: bool = True) -> Callable[[int, int], nn.Linear]:
@@ -216,7 +263,9 @@ class BRODuals(nn.Module):
 
     def __init__(self, config: BROConfig):
         super().__init__()
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_alpha)))
+        tuned = config.alpha is None
+        initial_log_alpha = log_temperature(config.init_alpha if tuned else config.alpha)
+        self.log_alpha = nn.Parameter(torch.tensor(initial_log_alpha), requires_grad=tuned)
         self.optimism_raw = nn.Parameter(torch.tensor(_dual_raw(config.init_optimism)))
         self.kl_weight_raw = nn.Parameter(torch.tensor(_dual_raw(config.init_kl_weight)))
 
@@ -306,17 +355,16 @@ class BRO(Agent):
         self.actor_optimizer = torch.optim.AdamW(n.actor.parameters(), **adamw)
         self.actor_o_optimizer = torch.optim.AdamW(n.actor_o.parameters(), **adamw)
         betas = (c.adam_b1_scalars, 0.999)
+        temperature = [{"params": [n.duals.log_alpha], "lr": c.alpha_lr}] if c.alpha is None else []
         self.dual_optimizer = torch.optim.Adam(
-            [
-                {"params": [n.duals.log_alpha], "lr": c.alpha_lr},
-                {"params": [n.duals.optimism_raw, n.duals.kl_weight_raw], "lr": c.dual_lr},
-            ],
+            [*temperature, {"params": [n.duals.optimism_raw, n.duals.kl_weight_raw], "lr": c.dual_lr}],
             betas=betas,
             fused=True,
         )
         self.optimizers = (self.critic_optimizer, self.actor_optimizer, self.actor_o_optimizer, self.dual_optimizer)
         self._actor_params = list(n.actor.parameters())
-        self._actor_o_and_dual_params = [*n.actor_o.parameters(), *n.duals.parameters()]
+        trained_duals = [p for p in n.duals.parameters() if p.requires_grad]  # a fixed α is no input
+        self._actor_o_and_dual_params = [*n.actor_o.parameters(), *trained_duals]
         self.taus = quantile_midpoints(c.n_quantiles, device)
         self.target_entropy = -act_dim / 2.0 if c.target_entropy is None else c.target_entropy
         self.gradient_steps = 0  # all gradient steps of the run (resets do not rewind it)

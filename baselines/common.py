@@ -1,4 +1,5 @@
-"""Pieces shared by the Gaussian-policy baselines (CrossQ, BRO; usable by SAC): tanh-squashed Gaussian sampling.
+"""Pieces shared by the Gaussian-policy baselines (SAC, CrossQ, BRO): tanh-squashed Gaussian sampling, and the
+log-temperature of every baseline with an entropy temperature α (also DACER).
 
 A tanh-Gaussian policy draws u ~ N(μ, σ²) and acts with a = tanh(u). Its log-density is the change of variables
 

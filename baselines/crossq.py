@@ -13,21 +13,37 @@ SAC without target networks whose critics and actor use Batch Renormalisation (`
 * every ``policy_delay`` = 3 critic updates, with the actor in train mode and the critics in eval mode:
   L_π = mean_b [α log π(a|s) − min_j Q_j(s, a)],   L_α = α · (H̄ − H̄_target) with H̄ = −mean_b log π(a|s),
   H̄_target = −|A|, α = exp(log α) initialised to 1 (the SBX form: the loss is α·(…), not log α·(…)).
+  ``--set alpha=…`` fixes α instead (``alpha=0``: no entropy term).
 * UTD 1, batch 256, Adam(lr 1e-3, β₁ 0.5) for actor and critic, learning_starts 5000, γ = 0.99 (0.9999 on Swimmer);
   evaluation with the deterministic action tanh(μ).
 
-Deviations from the official code (``adityab/CrossQ`` a318a266) and why:
+The temperature's Adam uses lr 1e-3 with optax's default β₁ = 0.9: the paper code builds it with
+``optax.adam(learning_rate)`` and does not pass the β₁ = 0.5 it gives the actor and critic (``baselines.md`` §3
+lists β₁ 0.5 for all three; the code says otherwise, and this module follows the code). ``alpha_adam_b1`` makes
+it a choice.
 
-* Evaluation: 5 deterministic episodes at the suite's common cadence; the paper code runs 1 episode every ≈16.7k
-  steps. One-episode evaluations are too noisy for the study's IQM tables.
-* The temperature's Adam uses lr 1e-3 with optax's default β₁ = 0.9: the paper code builds it with
-  ``optax.adam(learning_rate)`` and does not pass the β₁ = 0.5 it gives the actor and critic (``baselines.md`` §3
-  lists β₁ 0.5 for all three; the code says otherwise). ``alpha_adam_b1`` makes it a choice.
-* Environments: Gymnasium ``*-v4``/DMC/MyoSuite through :func:`dime.tasks.make_env`. MyoSuite runs on the
-  registry horizon: the CrossQ paper has no MyoSuite results, and the horizon the DIME authors used for their
-  CrossQ MyoSuite runs is undocumented. Time-limit truncations bootstrap, as in SB3.
-* The two critics are one stacked module (batched matmuls over an ensemble dimension, each member with its own
-  parameters and BRN statistics) rather than flax ``nn.vmap``; numerically the same computation.
+Deviations from the official code (``adityab/CrossQ`` at ``a318a26``):
+
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| Evaluation: 5 deterministic episodes at  | One protocol for all methods:          | None on learning.                |
+| the study's cadence on a separate env;   | one-episode evaluations are too noisy  |                                  |
+| the paper code runs 1 episode every      | for the study's IQM tables.            |                                  |
+| 5e6/300 ≈ 16.7k steps.                   |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Environments: Gymnasium ``-v4``/``-v5``, | One env factory for the suite; the     | Gym returns not strictly         |
+| DMC and MyoSuite through                 | CrossQ paper has no MyoSuite results   | comparable with ``-v3`` numbers. |
+| ``dime.tasks.make_env``; MyoSuite runs   | and the horizon the DIME authors used  |                                  |
+| on the registry horizon. Time-limit      | for CrossQ there is undocumented.      |                                  |
+| truncations bootstrap, as in SB3.        |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| The two critics are one stacked module   | Speed; numerically the same            | None.                            |
+| (batched matmuls over an ensemble        | computation.                           |                                  |
+| dimension, each member with its own      |                                        |                                  |
+| parameters and BRN statistics) rather    |                                        |                                  |
+| than flax ``nn.vmap``.                   |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
@@ -41,9 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.common import tanh_gaussian_sample
-from dime.agents import Agent, AgentConfig
+from dime.agents import Agent, AgentConfig, at_least, check, nonempty_widths, positive, unit_interval
 from dime.batch_renorm import BatchRenorm
-from dime.nn import EnsembleLinear, flax_linear
+from dime.nn import EnsembleLinear, flax_linear, log_temperature
 from dime.replay import ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -61,12 +77,22 @@ class CrossQConfig(AgentConfig):
     alpha_adam_b1: float = 0.9  # optax default: the paper code does not pass β₁ = 0.5 to the temperature
     utd: int = 1
     policy_delay: int = 3
+    alpha: float | None = None  # a fixed temperature; None tunes it from init_alpha towards the target entropy
     init_alpha: float = 1.0
     target_entropy: float | None = None  # None: −|A|
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     brn_momentum: float = 0.99  # flax convention: running = momentum·running + (1 − momentum)·batch
     brn_warmup_steps: int = 100_000
+
+    def validate(self) -> None:
+        super().validate()
+        nonempty_widths(self, "critic_hidden", "actor_hidden")
+        at_least(self, 1, "n_critics", "utd", "policy_delay")
+        positive(self, "lr", "alpha_lr", "init_alpha")
+        unit_interval(self, "adam_b1", "alpha_adam_b1", "brn_momentum")
+        at_least(self, 0, "alpha", "brn_warmup_steps")
+        check(self, "log_std_max", self.log_std_max > self.log_std_min, "a number > log_std_min")
 
 
 class CrossQActor(nn.Module):
@@ -122,16 +148,20 @@ class CrossQ(Agent):
         c = config
         self.actor = CrossQActor(obs_dim, act_dim, c).to(device)
         self.critic = CrossQCritic(obs_dim, act_dim, c).to(device)
-        self.log_alpha = torch.tensor(float(c.init_alpha), device=device).log().requires_grad_(True)
+        tuned = c.alpha is None
+        initial_log_alpha = log_temperature(c.init_alpha if tuned else c.alpha)
+        self.log_alpha = torch.tensor(initial_log_alpha, device=device, requires_grad=tuned)
         self.target_entropy = -float(act_dim) if c.target_entropy is None else c.target_entropy
         betas = (c.adam_b1, 0.999)
         # Fused Adam: one kernel per parameter group (on CPU too), several times faster than the per-tensor loop.
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr, betas=betas, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr, betas=betas, fused=True)
-        self.alpha_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=c.alpha_lr, betas=(c.alpha_adam_b1, 0.999), fused=True
+        self.alpha_optimizer = (
+            torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, betas=(c.alpha_adam_b1, 0.999), fused=True)
+            if tuned
+            else None
         )
-        self._actor_step_inputs = [*self.actor.parameters(), self.log_alpha]
+        self._actor_step_inputs = [*self.actor.parameters(), *([self.log_alpha] if tuned else [])]
         self.gradient_steps = 0  # critic updates so far; host-side, it drives the policy delay
         zero = torch.zeros((), device=device)
         # Returned on every call (so the metric keys are stable), refreshed on actor steps.
@@ -194,11 +224,15 @@ class CrossQ(Agent):
         entropy = -log_prob.detach().mean()
         alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
         self.actor_optimizer.zero_grad(set_to_none=True)
-        self.alpha_optimizer.zero_grad(set_to_none=True)
-        # The two losses share no parameters; `inputs` keeps autograd from computing critic weight gradients.
-        (actor_loss + alpha_loss).backward(inputs=self._actor_step_inputs)
+        if self.alpha_optimizer is None:
+            actor_loss.backward(inputs=self._actor_step_inputs)
+        else:
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            # The two losses share no parameters; `inputs` keeps autograd from computing critic weight gradients.
+            (actor_loss + alpha_loss).backward(inputs=self._actor_step_inputs)
         self.actor_optimizer.step()
-        self.alpha_optimizer.step()
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.step()
         return {"actor_loss": actor_loss.detach(), "entropy": entropy, "alpha_loss": alpha_loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -208,7 +242,7 @@ class CrossQ(Agent):
             "log_alpha": self.log_alpha.detach().clone(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "alpha_optimizer": None if self.alpha_optimizer is None else self.alpha_optimizer.state_dict(),
             "gradient_steps": self.gradient_steps,
             "actor_metrics": {k: v.clone() for k, v in self._actor_metrics.items()},
         }
@@ -220,6 +254,7 @@ class CrossQ(Agent):
             self.log_alpha.copy_(state["log_alpha"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.gradient_steps = state["gradient_steps"]
         self._actor_metrics = {k: v.to(self.device) for k, v in state["actor_metrics"].items()}

@@ -1,9 +1,12 @@
 """DACER — diffusion actor-critic with entropy regulator (Wang et al., NeurIPS 2024), ``baselines.md`` §9.
 
-* policy: a DDPM over actions, T = 20 VP steps, x̂_0 clipped at every step, 3 × 256 Mish ε-network (16 → 32 → 16
-  time MLP); every action the agent uses (acting, the critic target, the actor loss, the entropy estimate) gets
-  additive Gaussian noise of scale exp(log α)·0.15 and is clipped to [−1, 1] (the paper's entropy-regulated
-  sampling; evaluation uses the diffusion sample without that noise);
+As ``scripts/train_mujoco.py --alg dacer`` runs it (the README's command), translated to one env:
+
+* policy: a DDPM over actions, T = 20 VP steps, x̂_0 clipped at every step, 3 × 256 Mish ε-network with DACER's
+  time features (scaled sinusoid, 16 → 32 → 16); every action the agent uses (acting, the critic target, the
+  actor loss, the entropy estimate) gets additive Gaussian noise of scale exp(log α)·s and is clipped to [−1, 1]
+  (the paper's entropy-regulated sampling; evaluation uses the diffusion sample without that noise); s = 0.15 on
+  Humanoid and HalfCheetah, 0.1 elsewhere (the code's values and its "other envs" comment);
 * actor loss: −E min(Q₁, Q₂)(s, a_θ) with a_θ the noisy sample, back-propagated through the whole reverse chain
   (paper eq. 11); updated every 2nd update ("delay_update"), targets with the same delay;
 * critic: DSAC-T-style Gaussian critics (Duan et al. 2023): each Q_j outputs a mean and a softplus std; with
@@ -15,27 +18,61 @@
 * entropy regulator: every 10 000 updates the policy entropy is estimated from 200 noisy samples per state of a
   minibatch by fitting a 3-component full-covariance Gaussian mixture per state, H ≈ Σ_k w_k H(N_k) − Σ_k w_k
   log w_k, averaged over states, and log α takes one Adam step (lr 3e-2) on −log α·(H̄ − H), H̄ = −0.9|A|;
-  log α starts at log 3.
+  log α starts at log 3. ``--set alpha=…`` fixes α instead (0: no action noise at all);
+* every dense layer initialised as haiku's ``hk.Linear`` (truncated normal with σ = 1/√fan_in, zero bias);
+* the loop: one update every 20 env steps (the official trainer steps 20 vector envs per update), 2e5 uniform
+  warm-up steps on Humanoid and HalfCheetah and 3e4 elsewhere (the code's ``start_step`` and its "other envs"
+  comment; the README: "the existing parameters in the code are used for Humanoid-v3 and HalfCheetah-v3").
 
 The mixture is fitted by a batched EM in torch (k-means-free random-point initialisation, fixed iteration count,
 sklearn's ``reg_covar`` = 1e-6) on the training device, instead of scikit-learn behind ``jax.pure_callback``:
 no host round-trip, same estimator up to EM's initialisation and stopping rule.
 
-Deviations and choices (common protocol):
+Observed on Pendulum-v1 (64-unit test nets, lr 1e-4 and 1e-3, one update per env step): the sampler's output
+saturated at ±1 within a few thousand updates and stayed there, since the x̂_0 clip (as in the official sampler)
+passes no gradient once every step's x̂_0 is outside [−1, 1]; the learning test therefore uses InvertedPendulum,
+where it learns.
 
-* one env and one update per env step (UTD 1). The official trainer steps 20 vector envs per update (UTD 1/20)
-  and resets all of them whenever any one is done; the paper's protocol counts iterations, and UTD 1 on one env
-  is what every method of the suite uses;
-* learning_starts 30k (the official "other envs" value; 2e5 was for Humanoid with 20 envs); evaluation 10
-  episodes of the noise-free policy (the official evaluator's default count);
-* hidden width 512 for the critic and the diffusion net on Humanoid-class tasks (gym Humanoid, DMC humanoid/dog),
-  the authors' setting to reproduce Humanoid (issue #9), 256 elsewhere;
-* DMC runs use the same DSAC-T critic (the README suggests swapping in CrossQ for DMC; not done);
-* observed on Pendulum-v1 (64-unit test nets, lr 1e-4 and 1e-3): the sampler's output saturated at ±1 within a
-  few thousand updates and stayed there, since the x̂_0 clip (as in the official sampler) passes no gradient once
-  every step's x̂_0 is outside [−1, 1]; the learning test therefore uses InvertedPendulum, where it learns;
-* time features: the standard sinusoidal embedding instead of DACER's 1/√d-scaled variant (a constant factor
-  the following linear layer absorbs); time-limit truncations bootstrap as in the official trainer.
+Deviations from the official code (``happy-yan/DACER-Diffusion-with-Online-RL`` at ``848c1f2``):
+
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| One env, one update every 20 env steps;  | The suite runs one env per job;        | Small: the same update budget;   |
+| official: 20 vector envs, one update per | updates per env step are preserved.    | official data holds more         |
+| vector step, and every env is reset      | The all-env reset, which cuts episodes | early-episode states.            |
+| whenever any one of them is done.        | short, is not reproduced.              |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Hidden width 512 for the critic and the  | The authors' setting to reproduce      | Intended: the published Humanoid |
+| diffusion net on Humanoid-class tasks    | Humanoid (DACER issue #9).             | numbers.                         |
+| (gym Humanoid, DMC humanoid and dog),    |                                        |                                  |
+| 256 elsewhere; official default 256.     |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Entropy by a batched torch EM            | No host round-trip; runs on the        | Small: α adapts only every 10k   |
+| (random-point initialisation, 50         | training device.                       | updates, from a noisy estimate   |
+| iterations) instead of sklearn's         |                                        | in both codes.                   |
+| GaussianMixture (k-means initialisation, |                                        |                                  |
+| up to 100 iterations).                   |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Evaluation: 5 episodes of the noise-free | One protocol for all methods (5        | None on learning.                |
+| policy at the study's cadence on a       | episodes, as DIME, BRO and CrossQ).    |                                  |
+| separate env; official: the evaluator's  |                                        |                                  |
+| own count and cadence.                   |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| DMC runs keep the DSAC-T critic; the     | The suggestion is not code; the study  | None on the study's tasks.       |
+| README suggests swapping in CrossQ's     | runs DACER on Gym only.                |                                  |
+| critic for DMC.                          |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Environments: Gymnasium ``-v4``/``-v5``, | ``-v3`` needs mujoco-py; one env       | Gym returns not strictly         |
+| DMC and MyoSuite through                 | factory for the suite.                 | comparable with ``-v3`` numbers. |
+| ``dime.tasks.make_env``; official: gym   |                                        |                                  |
+| ``-v3`` (mujoco210). Time limits         |                                        |                                  |
+| bootstrap in both codes.                 |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Twin critics as one batched module (two  | One batched matmul instead of two      | None.                            |
+| members, each with its own parameters    | haiku networks (speed).                |                                  |
+| and haiku's init law).                   |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
@@ -49,27 +86,36 @@ import torch
 import torch.nn.functional as F
 
 from baselines.diffusion_utils import (
+    BETA_SCHEDULES,
     DiffusionSchedule,
     EpsilonMLP,
     TwinCritic,
     agent_state,
+    haiku_linear,
     is_humanoid_class,
     load_agent_state,
     repeat_obs,
 )
-from dime.agents import Agent, AgentConfig
+from dime.agents import Agent, AgentConfig, at_least, check, nonempty_widths, positive, unit_interval
 from dime.compilation import saved_for_backward
-from dime.nn import polyak_update
+from dime.nn import log_temperature, polyak_update
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+#: The two tasks the official hyperparameters were written for (README "Tips"); other tasks get its "other envs" values.
+_OFFICIAL_TASKS = ("Humanoid", "HalfCheetah")
+
+
 @dataclass
 class DACERConfig(AgentConfig):
+    """``train_mujoco.py`` with its "other envs" values; :meth:`DACER.default_config` sets the Humanoid/HalfCheetah
+    ones. ``train_every``: env steps per update (the official 20 vector envs). ``alpha``: a fixed temperature
+    (None: tuned from ``init_alpha``)."""
+
     learning_starts: int = 30_000
-    eval_episodes: int = 10
     eval_deterministic: bool = True  # diffusion sample without the α-scaled noise
     hidden: tuple[int, ...] = (256, 256, 256)
     diffusion_hidden: tuple[int, ...] = (256, 256, 256)
@@ -81,7 +127,8 @@ class DACERConfig(AgentConfig):
     delay_update: int = 2
     alpha_every: int = 10_000
     reward_scale: float = 0.2
-    noise_scale: float = 0.15
+    noise_scale: float = 0.1
+    alpha: float | None = None
     init_alpha: float = 3.0
     target_entropy_per_dim: float = -0.9
     entropy_samples: int = 200
@@ -89,6 +136,18 @@ class DACERConfig(AgentConfig):
     gmm_iterations: int = 50
     dsac_epsilon: float = 0.1
     target_clip: float = 3.0
+    train_every: int = 20
+
+    def validate(self) -> None:
+        super().validate()
+        nonempty_widths(self, "hidden", "diffusion_hidden")
+        at_least(self, 1, "diffusion_steps", "delay_update", "alpha_every", "gmm_components", "gmm_iterations")
+        at_least(self, 1, "train_every")
+        check(self, "beta_schedule", self.beta_schedule in BETA_SCHEDULES, f"one of {', '.join(BETA_SCHEDULES)}")
+        positive(self, "lr", "alpha_lr", "reward_scale", "init_alpha", "dsac_epsilon", "target_clip")
+        at_least(self, 0, "noise_scale", "alpha")
+        unit_interval(self, "tau")
+        check(self, "entropy_samples", self.entropy_samples > self.gmm_components, "a number > gmm_components")
 
 
 def gmm_entropy(samples: torch.Tensor, components: int, iterations: int, reg: float = 1e-6) -> torch.Tensor:
@@ -145,31 +204,43 @@ class DACER(Agent):
         "critic_optimizer",
         "alpha_optimizer",
         "gradient_steps",
+        "last_metrics",
     )
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DACERConfig, device: torch.device):
         super().__init__(task, obs_dim, act_dim, config, device)
         c = config
-        self.actor = EpsilonMLP(obs_dim, act_dim, c.diffusion_hidden).to(device)
-        self.critic = TwinCritic(obs_dim, act_dim, c.hidden, out_features=2).to(device)
+        self.actor = EpsilonMLP(
+            obs_dim, act_dim, c.diffusion_hidden, embedding="scaled_sinusoidal", linear=haiku_linear
+        ).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, c.hidden, out_features=2, linear=haiku_linear).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
-        self.log_alpha = torch.tensor(math.log(c.init_alpha), device=device, requires_grad=True)
+        tuned = c.alpha is None
+        initial_log_alpha = log_temperature(c.init_alpha if tuned else c.alpha)
+        self.log_alpha = torch.tensor(initial_log_alpha, device=device, requires_grad=tuned)
         self.mean_q_std = torch.full((2,), -1.0, device=device)  # −1: not yet initialised (as the original)
         self.entropy = torch.zeros((), device=device)  # the last GMM estimate
         self.target_entropy = c.target_entropy_per_dim * act_dim
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.lr, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.lr, fused=True)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, fused=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, fused=True) if tuned else None
         self.gradient_steps = 0
+        self.last_metrics: dict[str, torch.Tensor] = {}
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DACERConfig:
         width = 512 if is_humanoid_class(task) else 256
-        return DACERConfig(hidden=(width,) * 3, diffusion_hidden=(width,) * 3)
+        official = task.suite == "gym" and task.env_id.split("-")[0] in _OFFICIAL_TASKS
+        return DACERConfig(
+            hidden=(width,) * 3,
+            diffusion_hidden=(width,) * 3,
+            learning_starts=200_000 if official else 30_000,
+            noise_scale=0.15 if official else 0.1,
+        )
 
     def noise_std(self) -> torch.Tensor:
-        """Scale of the entropy-regulating action noise, exp(log α)·0.15 (0-d tensor, no gradient)."""
+        """Scale of the entropy-regulating action noise, exp(log α)·s (0-d tensor, no gradient)."""
         return self.log_alpha.detach().exp() * self.config.noise_scale
 
     def policy_action(self, obs: torch.Tensor, noisy: bool = True) -> torch.Tensor:
@@ -220,16 +291,19 @@ class DACER(Agent):
         return gmm_entropy(samples, c.gmm_components, c.gmm_iterations)
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
-        """Host schedule of the original's joint update: the critic's gradient, every ``delay_update`` updates the
-        actor's (against the critic before this update's step), every ``alpha_every`` updates a GMM entropy estimate
-        and a temperature step, then the critic's step and, when delayed, the actor's step and the Polyak step."""
+        """Host schedule of the original's joint update, on every ``train_every``-th env step (the last update's
+        metrics in between): the critic's gradient, every ``delay_update`` updates the actor's (against the critic
+        before this update's step), every ``alpha_every`` updates a GMM entropy estimate and a temperature step
+        (unless α is fixed), then the critic's step and, when delayed, the actor's step and the Polyak step."""
         c = self.config
+        if env_step % c.train_every:
+            return self.last_metrics
         batch = buffer.sample(c.batch_size)
         metrics = self._critic_backward(batch)
         delayed = self.gradient_steps % c.delay_update == 0
         if delayed:
             metrics.update(self._actor_backward(batch.obs))
-        if self.gradient_steps % c.alpha_every == 0:
+        if self.alpha_optimizer is not None and self.gradient_steps % c.alpha_every == 0:
             self.entropy.copy_(self._alpha_step(batch.obs))
         self._critic_optimizer_step()
         if delayed:
@@ -237,6 +311,7 @@ class DACER(Agent):
         self.gradient_steps += 1
         metrics["alpha"] = self.log_alpha.detach().exp()
         metrics["entropy"] = self.entropy
+        self.last_metrics = metrics
         return metrics
 
     def _critic_backward(self, batch: Batch) -> dict[str, torch.Tensor]:

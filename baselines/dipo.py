@@ -1,77 +1,111 @@
 """DIPO — diffusion policy with action-gradient improvement (Yang et al., 2023), ``baselines.md`` §7.
 
-DIPO keeps a second buffer of (s, a) pairs, the "diffusion memory", whose actions it improves in place and which
-the diffusion policy imitates (the paper's Alg. 1):
+DIPO imitates improved actions: for a minibatch (s, a) of its "diffusion memory" it moves the actions up the
+critic's action gradient and trains the diffusion policy to reproduce them (the paper's Alg. 1):
 
-1. critic: twin 3 × 256 Mish, y = r + γ(1 − terminated) min_j Q̄_j(s', a'), a' sampled from the EMA target
-   actor (τ = 0.005 every update); Adam 3e-4 (ε = 1e-5), global grad-norm clip 2.0;
-2. action gradient: for a minibatch (s, a) of the diffusion memory, 20 Adam steps (lr 0.03, ε = 1e-5) on the
-   actions themselves ascending Σ_b min_j Q_j(s_b, a_b); before every step the gradient of the whole (B, A)
-   tensor is clipped to global norm 0.1·|A|; after every step actions are clamped to [−1, 1]; the improved
-   actions are written back to the memory rows they came from;
+1. critic: twin 3 × 256 Mish, y = r + γ(1 − terminated) min_j Q̄_j(s', a'), a' sampled from the Polyak target
+   actor; Adam 3e-4 (ε = 1e-5), global grad-norm clip 2.0 (per-task, see below); τ = 0.005;
+2. action gradient: 20 Adam steps (lr 0.03, ε = 1e-5) on the actions themselves ascending Σ_b min_j Q_j(s_b, a_b);
+   before every step the gradient of the whole (B, A) tensor is clipped to global norm ratio·|A| (ratio 0.1);
+   after every step actions are clamped to [−1, 1];
 3. actor: the DDPM ε-loss (Ho et al. eq. 14) on the improved actions; T = 100 cosine steps, x̂_0 clipping;
-   ε-network with 32-d sinusoidal time features (32 → 256 → 32) and a 3 × 256 Mish trunk.
+   ε-network with 32-d sinusoidal time features (32 → 256 → 32) and a 3 × 256 Mish trunk; every layer of the
+   ε-network and the critics initialised by the official ``init_weights`` (W ~ N(0, 1/(4 fan_in)), zero bias);
+4. the actor target follows by Polyak τ every ``actor_target_every`` updates (1; 2 on HalfCheetah).
+
+Per-task settings: :meth:`DIPO.default_config` applies the README's hyperparameter table to the Gym tasks it
+names (grad norm 1 / 2 / 0.8 / 2 / 2, action-gradient ratio 0.3 / 0.08 / 0.1 / 0.08 / 0.1 on Hopper / Walker2d /
+Ant / HalfCheetah / Humanoid; 40 action-gradient steps and actor target every 2nd update on HalfCheetah);
+``main.py``'s defaults elsewhere.
+
+**Write-back.** The paper writes the improved actions back into the diffusion memory, so that they keep improving
+every time they are drawn. The official code does not: ``DiffusionMemory.replace`` copies into
+``self.best_actions[idxs]``, a fancy-indexed temporary, so the memory keeps the executed actions and every update
+improves them afresh; every published DIPO number comes from that behaviour, and it is the default here (the
+executed actions of the replay buffer are the memory). ``--set write_back=true`` runs the paper's version: a
+(capacity, A) memory aligned row-for-row with the replay buffer, whose rows start as the executed action (copied
+in at the next update) and are overwritten by their improvement. The replay buffer's own actions are never
+modified: the critic must see the actions that produced the stored rewards.
 
 Acting: a reverse-chain sample with noise ratio 1; evaluation: the noise-free chain (noise ratio 0, x_T still
-random), 10 episodes, as in the official code.
+random), as the official ``sample_action(eval=True)``.
 
-The diffusion memory here is a (capacity, A) tensor aligned row-for-row with the shared replay buffer: rows the
-trainer writes are copied in (the executed action) at the next update, so each memory row starts from the action
-taken and is then improved in place. The replay buffer's own ``actions`` are never modified: the critic must see
-the actions that produced the stored rewards (the official code also keeps two buffers).
+Deviations from the official code (``BellmanTimeHut/DIPO`` at ``c6d8d1b``):
 
-Deviations and choices (common protocol):
-
-* time-limit truncations bootstrap (official: ``mask = 0 if done``, so truncation is terminal);
-* evaluation runs on the trainer's separate eval env and does not cut the training episode short (the official
-  code evaluates on the training env object and then forces ``done = True``);
-* the diffusion-memory minibatch is drawn by the replay buffer's sampler (uniform over the same rows), the
-  official code draws it from its own buffer with the same distribution.
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| Time-limit truncations bootstrap; the    | The suite's common protocol (the       | Small: higher value estimates    |
+| official loop stores                     | trainer stores ``terminated`` only),   | near time limits on tasks that   |
+| ``mask = 0 if done``, so a time limit is | the same for every method.             | rarely terminate.                |
+| terminal.                                |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Evaluation: 5 episodes at the study's    | One protocol for all methods (5        | None on learning, except that no |
+| cadence on a separate env re-seeded per  | episodes, as DIME, BRO and CrossQ) so  | training episode is cut short;   |
+| evaluation; official: 10 episodes every  | IQM tables compare like with like.     | evaluation noise slightly        |
+| 10k steps on the training env, which     |                                        | higher.                          |
+| also ends the current training episode.  |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| One env and one update per env step, as  | The trainer's warm-up semantics        | None.                            |
+| the official loop                        | (updates once env_step >               |                                  |
+| (``updates_per_step = 1``); first update | learning_starts).                      |                                  |
+| after env step 10 001 instead of 10 000. |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| The action-gradient minibatch is drawn   | Same rows, same uniform distribution;  | None (distributionally           |
+| by the replay buffer's sampler (the      | one buffer to checkpoint.              | identical).                      |
+| default memory is the replay buffer's    |                                        |                                  |
+| executed actions); official: a second    |                                        |                                  |
+| buffer with its own numpy RNG.           |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Environments: Gymnasium ``-v4``/``-v5``, | ``-v3`` needs mujoco-py; one env       | Gym returns not strictly         |
+| DMC and MyoSuite through                 | factory for the suite.                 | comparable with the paper's      |
+| ``dime.tasks.make_env``; the README      |                                        | ``-v3`` numbers.                 |
+| table is keyed by the ``-v3`` names and  |                                        |                                  |
+| applied to the same tasks' ports.        |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Twin critics as one batched module (two  | One batched matmul instead of two MLPs | None (same function and initial  |
+| members, each with its own parameters    | (speed).                               | distribution).                   |
+| and ``init_weights`` law).               |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from baselines.diffusion_utils import (
-    DiffusionSchedule,
-    EpsilonMLP,
-    TwinCritic,
-    agent_state,
-    load_agent_state,
-    twin_critic_step,
-)
-from dime.agents import Agent, AgentConfig
-from dime.nn import polyak_update
+from baselines.diffusion_utils import DIPOCodebaseAgent, DIPOCodebaseConfig, TwinCritic
+from dime.agents import at_least, positive
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
+#: ``README.md``'s per-task table (Gym ``-v3`` tasks; their ``-v4``/``-v5`` ports get the same values).
+README_SETTINGS: dict[str, dict[str, Any]] = {
+    "Hopper": {"grad_norm": 1.0, "action_grad_ratio": 0.3},
+    "Walker2d": {"grad_norm": 2.0, "action_grad_ratio": 0.08},
+    "Ant": {"grad_norm": 0.8, "action_grad_ratio": 0.1},
+    "HalfCheetah": {"grad_norm": 2.0, "action_grad_ratio": 0.08, "action_gradient_steps": 40, "actor_target_every": 2},
+    "Humanoid": {"grad_norm": 2.0, "action_grad_ratio": 0.1},
+}
+
 
 @dataclass
-class DIPOConfig(AgentConfig):
-    learning_starts: int = 10_000
-    eval_episodes: int = 10
-    eval_deterministic: bool = True  # noise-free reverse chain
-    actor_hidden: tuple[int, ...] = (256, 256, 256)
-    time_dim: int = 32
-    time_hidden: int = 256
-    critic_hidden: tuple[int, ...] = (256, 256, 256)
-    diffusion_steps: int = 100
-    beta_schedule: str = "cosine"
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    adam_eps: float = 1e-5
-    grad_norm: float = 2.0
-    tau: float = 0.005
+class DIPOConfig(DIPOCodebaseConfig):
+    """``main.py``'s defaults; ``write_back`` True is the paper's memory update (see the module docstring)."""
+
     action_lr: float = 0.03
     action_gradient_steps: int = 20
     action_grad_ratio: float = 0.1  # the action-gradient norm is clipped to ratio · |A|
-    noise_ratio: float = 1.0
+    write_back: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "action_lr")
+        at_least(self, 1, "action_gradient_steps")
+        at_least(self, 0, "action_grad_ratio")
 
 
 def improve_actions(
@@ -106,40 +140,23 @@ def improve_actions(
     return a
 
 
-class DIPO(Agent):
+class DIPO(DIPOCodebaseAgent):
     Config = DIPOConfig
-    compiled_methods = ("act", "_critic_step", "_improve_actions", "_actor_step")
+    compiled_methods = ("act", "_critic_step", "_improve_actions", "_actor_step", "_actor_target_step")
     config: DIPOConfig
-    _STATE = (
-        "actor",
-        "actor_target",
-        "critic",
-        "critic_target",
-        "actor_optimizer",
-        "critic_optimizer",
-        "gradient_steps",
-        "synced_position",
-    )
+    _MEMORY_STATE = ("synced_position", "memory_rows", "memory_capacity")
 
     def __init__(self, task: TaskSpec, obs_dim: int, act_dim: int, config: DIPOConfig, device: torch.device):
         super().__init__(task, obs_dim, act_dim, config, device)
-        c = config
-        self.actor = EpsilonMLP(obs_dim, act_dim, c.actor_hidden, c.time_dim, c.time_hidden, c.time_dim).to(device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps, fused=True)
-        self.memory_actions: torch.Tensor | None = None  # (capacity, A), allocated at the first update
+        self.memory_actions: torch.Tensor | None = None  # write_back only: (capacity, A), allocated at first update
         self.synced_position = -1  # replay-buffer write position at the last sync; -1: never synced
         self.memory_rows = 0  # filled rows (the replay buffer's size at the last sync)
         self.memory_capacity = 0  # capacity of the replay buffer the memory is aligned with
-        self.gradient_steps = 0
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> DIPOConfig:
-        return DIPOConfig()
+        settings = README_SETTINGS.get(task.env_id.split("-")[0], {}) if task.suite == "gym" else {}
+        return DIPOConfig(**settings)
 
     def sample(self, obs: torch.Tensor, actor: nn.Module | None = None, noise_ratio: float | None = None):
         ratio = self.config.noise_ratio if noise_ratio is None else noise_ratio
@@ -190,26 +207,27 @@ class DIPO(Agent):
         return improved
 
     def update(self, buffer: ReplayBuffer, env_step: int) -> dict[str, torch.Tensor]:
-        """Host schedule: sync the diffusion memory, a critic step, then the action-gradient improvement of a fresh
-        minibatch's memory actions and an actor step towards them."""
+        """Host schedule: a critic step, then the action-gradient improvement of a fresh minibatch's actions (the
+        executed ones, or with ``write_back`` the memory's) and an actor step towards them."""
         c = self.config
-        self.sync_memory(buffer)
+        if c.write_back:
+            self.sync_memory(buffer)
         batch = buffer.sample(c.batch_size)
         metrics = self._critic_step(batch)
         memory_batch = buffer.sample(c.batch_size)
-        improved = self.improve_memory(memory_batch.obs, memory_batch.indices)
+        if c.write_back:
+            improved = self.improve_memory(memory_batch.obs, memory_batch.indices)
+        else:
+            improved = self._improve_actions(memory_batch.obs, memory_batch.actions)
         metrics.update(self._actor_step(memory_batch.obs, improved))
-        self.gradient_steps += 1
+        self.finish_update()
         return metrics
 
     def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Twin-critic TD step at a target-actor sample."""
-        c = self.config
         with torch.no_grad():
             next_actions = self.sample(batch.next_obs, self.actor_target)
-        return twin_critic_step(
-            self.critic, self.critic_target, self.critic_optimizer, batch, next_actions, c.gamma, c.tau, c.grad_norm
-        )
+        return self.critic_step(batch, next_actions)
 
     def _improve_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """:func:`improve_actions` with the critic's parameters frozen."""
@@ -222,26 +240,21 @@ class DIPO(Agent):
         return improved
 
     def _actor_step(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One diffusion (ε-prediction) step of the actor towards the improved actions, then the actor target's
-        Polyak step."""
-        c = self.config
+        """One diffusion (ε-prediction) step of the actor towards the improved actions."""
         actor_loss = self.schedule.epsilon_loss(self.actor, actions, obs)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        if c.grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_norm)
-        self.actor_optimizer.step()
-        polyak_update(self.actor_target, self.actor, c.tau)
+        self.actor_optimizer_step(actor_loss)
         return {"actor_loss": actor_loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
-        state = agent_state(self, (*self._STATE, "memory_rows", "memory_capacity"))
+        state = {**super().state_dict(), **{name: getattr(self, name) for name in self._MEMORY_STATE}}
         memory = self.memory_actions
         state["memory_actions"] = None if memory is None else memory[: self.memory_rows].cpu()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_agent_state(self, state, (*self._STATE, "memory_rows", "memory_capacity"))
+        super().load_state_dict(state)
+        for name in self._MEMORY_STATE:
+            setattr(self, name, state[name])
         memory = state["memory_actions"]
         # re-expanded to the buffer's capacity at the next sync
         self.memory_actions = None if memory is None else memory.to(self.device)

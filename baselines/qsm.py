@@ -11,17 +11,51 @@ action gradient of the critic at noisy actions (the paper's Alg. 1, "Q-score mat
 * sampler: T = 5 VP steps in the ε form x_{t−1} = (x_t − β_t/√(1 − ᾱ_t) ε̂)/√α_t + √β_t z, every intermediate
   sample clipped to [−1, 1];
 * acting: DDPM sample + N(0, 0.1²) exploration noise; evaluation: the plain DDPM sample (a stochastic policy,
-  ``baselines.md`` §15), 1 episode per evaluation as in the official code;
-* networks: ε-MLP (512, 512) Mish with learnable Fourier time features (64) and a (128, 128) time encoder; critics
-  (512, 512) ReLU; Adam 3e-4 with the actor lr cosine-decayed to 0 over 2M actor updates (optax's
-  ``cosine_decay_schedule``).
+  ``baselines.md`` §15);
+* networks: ε-MLP (512, 512) Mish with learnable Fourier time features (64, kernel ~ N(0, 0.2²)) and a (128, 128)
+  time encoder; critics (512, 512) ReLU; every dense layer initialised as jaxrl5's ``default_init``
+  (Glorot/Xavier uniform, zero bias); Adam 3e-4 with the actor lr cosine-decayed to 0 over 2M actor updates
+  (optax's ``cosine_decay_schedule``); 10k uniform warm-up steps.
 
-Deviations and choices (common protocol):
+M_q is 50 (the official config), and 120 on the DMC humanoid and quadruped domains: the README's advice
+("for more difficult tasks like quadruped_walk and humanoid_walk, a more aggressive M_q = 120 may perform
+better"). The dog tasks keep 50: the README does not name them and they are not the official code's default;
+``--set m_q=120`` is the extrapolation to them.
 
-* time-limit truncations bootstrap (the official jaxrl5 loop does the same);
-* the DMC env seed follows the run seed (the official code hard-codes ``seed=1``) and evaluation runs without
-  wandb; ``utd_ratio`` (a batch-size multiplier in the official code) is not reproduced: one update of batch 256;
-* M_q = 120 on DMC humanoid / dog / quadruped tasks, the README's suggestion for harder DMC tasks; 50 elsewhere.
+Deviations from the official code (``Alescontrela/score_matching_rl`` at ``2e77893``):
+
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| Evaluation: 5 episodes at the study's    | One protocol for all methods (5        | None on learning; evaluation     |
+| cadence on a separate env re-seeded per  | episodes, as DIME, BRO and CrossQ):    | noise lower than the official    |
+| evaluation; official: 1 episode every    | one episode of a stochastic policy     | one.                             |
+| 10k steps.                               | makes the IQM tables noisy.            |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| The DMC env seed follows the run seed;   | Seeds must differ between runs for     | None on average.                 |
+| official: ``dmc2gym.make(..., seed=1)``  | independent samples.                   |                                  |
+| for every run. No wandb video wrapper.   |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| DMC through shimmy                       | One env factory for the suite.         | None expected on DMC (same       |
+| (``dime.tasks.make_env``) instead of     |                                        | tasks, same 1000-step limit, no  |
+| dmc2gym; Gym and MyoSuite (which the     |                                        | action repeat).                  |
+| official script cannot run) through the  |                                        |                                  |
+| same factory. Time limits bootstrap in   |                                        |                                  |
+| both codes.                              |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| M_q = 120 on DMC humanoid and quadruped  | The README recommends it for these     | Could change results on those 3  |
+| tasks (the README's advice), 50          | domains.                               | study tasks (humanoid).          |
+| elsewhere; official config: 50           |                                        |                                  |
+| everywhere unless changed by hand.       |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| ``utd_ratio`` (a batch multiplier, 1 by  | Identical at the default.              | None.                            |
+| default) is not a setting: one update of |                                        |                                  |
+| batch 256 per env step.                  |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Twin critics as one batched module (two  | One batched matmul instead of an       | None.                            |
+| members, each with its own parameters    | ensemble of flax modules (speed).      |                                  |
+| and Xavier init).                        |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
@@ -35,15 +69,16 @@ import torch
 import torch.nn.functional as F
 
 from baselines.diffusion_utils import (
+    BETA_SCHEDULES,
     DiffusionSchedule,
     EpsilonMLP,
     TwinCritic,
     agent_state,
-    is_humanoid_class,
     load_agent_state,
     twin_critic_step,
+    xavier_linear,
 )
-from dime.agents import Agent, AgentConfig
+from dime.agents import Agent, AgentConfig, at_least, check, nonempty_widths, positive, unit_interval
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -51,7 +86,6 @@ from dime.tasks import TaskSpec
 @dataclass
 class QSMConfig(AgentConfig):
     learning_starts: int = 10_000
-    eval_episodes: int = 1
     eval_deterministic: bool = True  # "deterministic" = no exploration noise; the DDPM sample stays stochastic
     actor_hidden: tuple[int, ...] = (512, 512)
     time_dim: int = 64
@@ -67,6 +101,16 @@ class QSMConfig(AgentConfig):
     exploration_noise: float = 0.1
     target_noise: float = 0.1
 
+    def validate(self) -> None:
+        super().validate()
+        nonempty_widths(self, "actor_hidden", "critic_hidden")
+        check(self, "time_dim", self.time_dim >= 2 and self.time_dim % 2 == 0, "an even number >= 2")
+        at_least(self, 1, "time_hidden", "diffusion_steps")
+        check(self, "beta_schedule", self.beta_schedule in BETA_SCHEDULES, f"one of {', '.join(BETA_SCHEDULES)}")
+        positive(self, "actor_lr", "critic_lr")
+        at_least(self, 0, "m_q", "actor_lr_decay_steps", "exploration_noise", "target_noise")
+        unit_interval(self, "tau")
+
 
 class QSM(Agent):
     Config = QSMConfig
@@ -78,9 +122,16 @@ class QSM(Agent):
         super().__init__(task, obs_dim, act_dim, config, device)
         c = config
         self.actor = EpsilonMLP(
-            obs_dim, act_dim, c.actor_hidden, c.time_dim, c.time_hidden, c.time_hidden, fourier=True
+            obs_dim,
+            act_dim,
+            c.actor_hidden,
+            c.time_dim,
+            c.time_hidden,
+            c.time_hidden,
+            embedding="fourier",
+            linear=xavier_linear,
         ).to(device)
-        self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden, activation=F.relu).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, c.critic_hidden, activation=F.relu, linear=xavier_linear).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.schedule = DiffusionSchedule.make(c.beta_schedule, c.diffusion_steps).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
@@ -89,8 +140,9 @@ class QSM(Agent):
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> QSMConfig:
-        hard_dmc = task.suite == "dmc" and (is_humanoid_class(task) or "quadruped" in task.name)
-        return QSMConfig(m_q=120.0 if hard_dmc else 50.0)
+        domain = task.name.removeprefix("dmc/").split("-")[0]
+        readme_hard = task.suite == "dmc" and domain in ("humanoid", "quadruped")
+        return QSMConfig(m_q=120.0 if readme_hard else 50.0)
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """The DDPM policy sample (QSM's sampler: ε-form mean, σ_t² = β_t, per-step clipping)."""

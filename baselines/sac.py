@@ -1,22 +1,59 @@
-"""Soft Actor-Critic (Haarnoja et al., 2018) with CleanRL's defaults (``baselines.md`` §2).
+"""Soft Actor-Critic (Haarnoja et al., 2018) as CleanRL's ``sac_continuous_action.py`` runs it (``baselines.md`` §2).
 
 Twin critics with Polyak-averaged targets (τ = 0.005), a tanh-squashed Gaussian actor whose log-std is squashed
 into [-5, 2], and the temperature tuned towards the target entropy H̄ = −|A|:
 
 * critic target  y = r + γ (1 − terminated) [min_j Q̄_j(s', a') − α log π(a'|s')],  a' ~ π(·|s')
 * actor loss     L_π = E[α log π(a|s) − min_j Q_j(s, a)]
-* temperature    L_α = −log α · E[log π(a|s) + H̄]
+* temperature    L_α = −α · E[log π(ã|s) + H̄] with α = exp(log α) optimised in log α, and ã a fresh sample of
+  the actor just updated (CleanRL's form; the gradient is −α·(log π + H̄) per sample, not −(log π + H̄))
 
-As in CleanRL, the actor and α are updated ``policy_frequency`` times every ``policy_frequency`` critic updates.
-Deviation: evaluation uses 5 deterministic (mean-action) episodes, the suite's common protocol; CleanRL reports
-training-episode returns.
+As in CleanRL, the actor and α are updated ``policy_frequency`` times every ``policy_frequency`` critic updates,
+each actor step followed by its α step; Adam lrs 3e-4 (actor) and 1e-3 (critic, α); 5000 uniform warm-up steps;
+networks with PyTorch's default init. ``--set alpha=…`` fixes the temperature instead of tuning it (``alpha=0``:
+no entropy term at all).
+
+Deviations from the official code (``vwxyzjn/cleanrl`` at ``fe8d8a0``):
+
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| Evaluation: 5 deterministic episodes     | One protocol for all methods (5        | None on learning.                |
+| (tanh of the mean) at the study's        | episodes, as DIME, BRO and CrossQ).    |                                  |
+| cadence on a separate env; CleanRL       |                                        |                                  |
+| reports the returns of its training      |                                        |                                  |
+| episodes.                                |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| log π is that of the action in [−1, 1]^A | The agent sees only the unit action    | None on ±1 tasks without         |
+| with the exact tanh Jacobian; CleanRL's  | space (``dime.tasks.make_env`` maps it | saturation; elsewhere CleanRL's  |
+| is that of the env-scaled action,        | to the bounds), so s is unknown to it; | α drives E[log π] (in            |
+| log(s·(1 − a²) + 1e-6) with s = (high −  | the floor alone, without s, is neither | unit-action terms) to dim A +    |
+| low)/2, i.e. an extra −Σ_d log s_d when  | CleanRL's log π nor needed by the      | Σ_d log s_d instead of dim A:    |
+| the bounds are not ±1 (Pendulum ±2,      | exact form (tried: in the test config  | +0.69 on Pendulum, −15.6 on      |
+| Humanoid ±0.4) and a 1e-6 floor for      | it slowed Pendulum, seed 0 at 6k steps | Humanoid.                        |
+| saturated actions.                       | −304 against −119).                    |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| The policy delay counts critic updates,  | The agent owns its update schedule.    | None (the same every-2nd         |
+| not env steps                            |                                        | pattern).                        |
+| (``global_step % policy_frequency``).    |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Environments: Gymnasium ``-v4``/``-v5``, | One env factory for the suite.         | None.                            |
+| DMC and MyoSuite through                 |                                        |                                  |
+| ``dime.tasks.make_env`` with actions in  |                                        |                                  |
+| [−1, 1] mapped affinely to the bounds    |                                        |                                  |
+| (CleanRL scales tanh by the same affine  |                                        |                                  |
+| map).                                    |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Twin critics as one batched module (two  | One batched matmul instead of two MLPs | None.                            |
+| members, each with its own parameters    | (speed).                               |                                  |
+| and PyTorch's init).                     |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.common import tanh_gaussian_sample
-from dime.agents import Agent, AgentConfig
-from dime.nn import EnsembleLinear, mlp, polyak_update
+from dime.agents import Agent, AgentConfig, at_least, check, nonempty_widths, positive, unit_interval
+from dime.nn import EnsembleLinear, log_temperature, mlp, polyak_update
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -82,6 +119,15 @@ class SACConfig(AgentConfig):
     log_std_min: float = -5.0
     log_std_max: float = 2.0
 
+    def validate(self) -> None:
+        super().validate()
+        nonempty_widths(self, "hidden")
+        positive(self, "actor_lr", "critic_lr", "alpha_lr", "init_alpha")
+        unit_interval(self, "tau")
+        at_least(self, 1, "policy_frequency")
+        at_least(self, 0, "alpha")
+        check(self, "log_std_max", self.log_std_max > self.log_std_min, "a number > log_std_min")
+
 
 class SAC(Agent):
     Config = SACConfig
@@ -94,7 +140,8 @@ class SAC(Agent):
         self.actor = TanhGaussianActor(obs_dim, act_dim, c.hidden, c.log_std_min, c.log_std_max).to(device)
         self.critic = TwinQ(obs_dim, act_dim, c.hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(c.alpha or c.init_alpha), device=device, requires_grad=c.alpha is None)
+        initial_log_alpha = log_temperature(c.init_alpha if c.alpha is None else c.alpha)
+        self.log_alpha = torch.tensor(initial_log_alpha, device=device, requires_grad=c.alpha is None)
         self.target_entropy = c.target_entropy_per_dim * act_dim
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
         self._actor_parameters = list(self.actor.parameters())
@@ -144,7 +191,9 @@ class SAC(Agent):
         self.actor_optimizer.step()
         metrics = {"actor_loss": actor_loss.detach(), "entropy": -log_prob.detach().mean()}
         if self.alpha_optimizer is not None:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            with torch.no_grad():
+                _, fresh_log_prob = self.actor.sample(obs)  # CleanRL: a new sample of the updated actor
+            alpha_loss = -(self.log_alpha.exp() * (fresh_log_prob + self.target_entropy)).mean()
             self.alpha_optimizer.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_optimizer.step()

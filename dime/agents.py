@@ -190,6 +190,9 @@ class Agent(abc.ABC):
         self.act_dim = act_dim
         self.config = config
         self.device = device
+        # The run's env-step budget, set by the trainer before training (and again on resume); agents whose
+        # schedules span the run read it (QVPO's entropy weight). None outside a trainer run.
+        self.total_steps: int | None = None
 
     @classmethod
     def default_config(cls, task: TaskSpec) -> AgentConfig:

@@ -16,7 +16,41 @@ CrossQ-style max-entropy actor-critic with a diffusion actor (:mod:`dime.diffusi
 
 α enters the critic target and the actor loss with its value from before that step's temperature update.
 Oddities kept on purpose (``dime.md`` §9): mean (not min) of the critics in the actor, averaged projected targets,
-stochastic evaluation, α tuned on the running cost only.
+stochastic evaluation (5 episodes), α tuned on the running cost only.
+
+Deviations from the official code (``ALRhub/DIME`` at ``7082bb7``):
+
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| A PyTorch port of the JAX/flax code: the | The suite is PyTorch.                  | None in distribution; runs are   |
+| same update order, losses, optimisers    |                                        | not bitwise comparable with the  |
+| and initialisers; random streams differ  |                                        | reference's.                     |
+| (torch generators instead of JAX keys;   |                                        |                                  |
+| replay rows from a torch generator       |                                        |                                  |
+| instead of numpy's global RNG).          |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Critic support: ±200 on DMC and ±1600 on | The authors give values only for their | None on the paper's DMC and Gym  |
+| Ant/Humanoid as the authors; the other   | tasks (the MyoSuite one is not in the  | tasks; a finer support on        |
+| Gym tasks get the registry's rule        | repository).                           | Reacher, one containing          |
+| (``dime.tasks``), MyoSuite ±1000.        |                                        | Pendulum's values.               |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Gym tasks are Gymnasium ``-v4``/``-v5``  | mujoco-py is unmaintained; one env     | Gym returns not strictly         |
+| (``-v3`` needs mujoco-py); Ant-v4's      | factory for the suite.                 | comparable with the paper's      |
+| observation has no contact forces.       |                                        | ``-v3`` numbers.                 |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Evaluation envs are re-seeded per        | Exact resumption after preemption      | None.                            |
+| evaluation, and training episodes reset, | (``dime.trainer``).                    |                                  |
+| with seeds derived from the run seed     |                                        |                                  |
+| (``SeedSequence``) instead of a list of  |                                        |                                  |
+| 10M ``jax.random.randint`` seeds.        |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Metrics go to ``metrics.jsonl`` (and the | One log format for all methods.        | None on learning.                |
+| run's loggers) instead of SB3's logger   |                                        |                                  |
+| and wandb; calls without an actor step   |                                        |                                  |
+| report the last actor step's losses      |                                        |                                  |
+| instead of 0.                            |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations
@@ -33,6 +67,7 @@ from torch.func import functional_call
 from dime.agents import Agent, AgentConfig, at_least, check, positive, unit_interval
 from dime.categorical import DistributionalCritic, categorical_critic_loss, project_distribution
 from dime.diffusion_policy import DiffusionPolicy, PolicySample
+from dime.nn import log_temperature
 from dime.replay import Batch, ReplayBuffer
 from dime.tasks import TaskSpec
 
@@ -41,14 +76,13 @@ from dime.tasks import TaskSpec
 class DIMETrainingConfig(AgentConfig):
     """Critic, optimiser and schedule settings shared by DIME and its Gaussian-actor ablation (``dime.md`` §1).
 
-    ``v_min``/``v_max``: critic support; :meth:`DIME.default_config` takes them from the task registry (±200 on
-    DMC, ±1600 on Gym as in the authors' README). ``alpha``: a fixed temperature (0 = no entropy term, the
-    paper's α ablation at its limit), or None to auto-tune log α from ``init_alpha``.
-    ``target_entropy_per_dim``: in SAC's sign convention (as in ``baselines.sac``), α is tuned so that the batch
-    mean of the running cost approaches −target_entropy_per_dim·|A|, i.e. the entropy proxy
-    −running cost approaches target_entropy_per_dim·|A|. The reference hard-codes "target entropy 4·|A|" but
-    tunes the running cost, a log-probability-like quantity, towards +4·|A| (``dime.md`` §5.2, §9.3); that is
-    −4 here.
+    ``v_min``/``v_max``: critic support; :meth:`DIME.default_config` takes them from the task registry (the
+    authors' ±200 on DMC and ±1600 on Ant/Humanoid, a per-task rule elsewhere: ``dime.tasks``). ``alpha``: a fixed
+    temperature (0 = no entropy term, the paper's α ablation at its limit), or None to auto-tune log α from
+    ``init_alpha``. ``target_entropy_per_dim``: in SAC's sign convention (as in ``baselines.sac``), α is tuned so
+    that the batch mean of the running cost approaches −target_entropy_per_dim·|A|, i.e. the entropy proxy
+    −running cost approaches target_entropy_per_dim·|A|. The reference hard-codes "target entropy 4·|A|" but tunes
+    the running cost, a log-probability-like quantity, towards +4·|A| (``dime.md`` §5.2, §9.3); that is −4 here.
     ``brn_warmup_steps`` counts critic updates (100k ≈ 50k env steps at UTD 2).
     """
 
@@ -167,8 +201,7 @@ class DIME(Agent):
         self.auto_alpha = config.alpha is None
         initial_alpha = config.init_alpha if config.alpha is None else config.alpha
         # A fixed α = 0 keeps log α = −inf, so α = exp(log α) is exactly 0 in the target and the actor loss.
-        log_alpha = math.log(initial_alpha) if initial_alpha > 0 else -math.inf
-        self.log_alpha = torch.tensor(log_alpha, device=device, requires_grad=self.auto_alpha)
+        self.log_alpha = torch.tensor(log_temperature(initial_alpha), device=device, requires_grad=self.auto_alpha)
         self.alpha_optimizer = (
             torch.optim.Adam([self.log_alpha], lr=config.lr_alpha, fused=True) if self.auto_alpha else None
         )

@@ -6,13 +6,32 @@ categorical critic ensemble with batch renorm and the joint pass, no target netw
 Adam(β1 = 0.5), element-wise actor gradient clipping, α tuned on the running cost. The actor's running cost is
 SAC's log π(a|s) of the squashed Gaussian (terminal cost 0), so the critic bonus and actor loss are SAC's.
 
-Undocumented by the authors, chosen here (documented deviations):
-* actor: CrossQ's size (two hidden layers of 256, ReLU, flax init, log-std clipped to [−20, 2]) but without
-  CrossQ's actor batch renorm, so that, as in DIME, the actor sees raw observations and differs from DIME only
-  in the policy class;
-* target: SAC's target entropy −|A| (``target_entropy_per_dim = −1``, α tuned so that mean log π → |A|) rather
-  than DIME's −4·|A|, which is calibrated to the diffusion bound's running cost, not to a Gaussian's log π;
-* evaluation: stochastic like DIME by default (``eval_deterministic=True`` gives tanh(mean)).
+Deviations from the official code (``ALRhub/DIME`` at ``7082bb7``):
+
++------------------------------------------+----------------------------------------+----------------------------------+
+| What differs from the official code      | Why                                    | Expected effect                  |
++==========================================+========================================+==================================+
+| The ablation's actor is not in the       | As in DIME, the actor sees raw         | Unknown against the paper's      |
+| reference code. Here: CrossQ's actor     | observations and differs from DIME     | runs; a plain Gaussian actor of  |
+| size (two hidden layers of 256, ReLU,    | only in the policy class.              | the usual size.                  |
+| flax init, log-std clipped to [−20, 2])  |                                        |                                  |
+| without CrossQ's actor batch renorm.     |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Target entropy: SAC's −|A|               | DIME's value is calibrated to the      | A SAC-like exploration level.    |
+| (``target_entropy_per_dim = −1``, α      | diffusion bound's running cost, not to |                                  |
+| tuned so that mean log π → |A|) rather   | a Gaussian's log π.                    |                                  |
+| than DIME's −4·|A|.                      |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Evaluation: stochastic like DIME by      | The comparison isolates the policy     | None on learning.                |
+| default (``eval_deterministic=True``     | class.                                 |                                  |
+| gives tanh(mean)).                       |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
+| Everything else is                       | One implementation of DIME's critic    | As listed there.                 |
+| :class:`dime.dime_agent.DIME` and        | and training.                          |                                  |
+| inherits its deviations (PyTorch port,   |                                        |                                  |
+| critic supports, Gymnasium               |                                        |                                  |
+| ``-v4``/``-v5``, seeding, logging).      |                                        |                                  |
++------------------------------------------+----------------------------------------+----------------------------------+
 """
 
 from __future__ import annotations

@@ -79,3 +79,9 @@ class EnsembleLinear(nn.Module):
         if x.dim() == 2:  # the same input for every member
             x = x.unsqueeze(0).expand(self.weight.shape[0], -1, -1)
         return torch.baddbmm(self.bias, x, self.weight)
+
+
+def log_temperature(alpha: float) -> float:
+    """log α for a temperature α >= 0, with log 0 = −inf: exp(−inf) is exactly 0, so a fixed α = 0 (the
+    "no entropy" ablation) trains with α = 0 rather than falling back to a default."""
+    return math.log(alpha) if alpha > 0 else -math.inf

@@ -9,15 +9,46 @@ Every environment leaves :func:`make_env` with the same contract, whatever its s
 * MyoSuite's ``info["solved"]`` passed through for success-rate scoring.
 
 Task names are ``<suite>/<name>``: ``dmc/dog-run``, ``gym/Humanoid-v4``, ``myo/key-turn-hard``.
-Per task the registry knows the suite, episode length, default critic support (``v_min``/``v_max``: ±200 on DMC
-and ±1600 on Gym as in the DIME code; MyoSuite is undocumented by the authors, see ``MYO_VALUE_RANGE``) and the
+Per task the registry knows the suite, episode length, default critic support (``v_min``/``v_max``) and the
 score metric the study tables use.
+
+Critic support of the categorical critics (DIME, DIME-Gauss): the authors' values where they chose one (±200 on
+DMC, ``configs/alg/dime.yaml``; ±1600 on Ant and Humanoid, README and ALRhub/DIME#2). Elsewhere one rule: with
+per-step rewards in [r_lo, r_hi] and time limits that bootstrap, the discounted value of every state lies in
+[min(r_lo, 0), max(r_hi, 0)]/(1 − γ) (γ = 0.99, DIME's; 0 is the value after a termination); the support is that
+interval widened by half its width on each side, rounded outward to a multiple of 10. The headroom holds what
+the target adds beyond the reward (DIME's −α·cost bonus) and early over- and under-estimates; the width keeps
+the 101 atoms a few percent of the value range apart. Per task (per-step reward range → support):
+
+==========================  ===================  ====================  ==========================================
+task (``-v4`` and ``-v5``)  r_lo, r_hi           support               source of the reward range
+==========================  ===================  ====================  ==========================================
+Pendulum-v1                 −16.27, 0            −2450, 820            −(π² + 0.1·8² + 0.001·2²): angle, max speed
+                                                                       and torque (exact)
+Reacher                     −2.41, 0             −370, 130             fingertip-target distance ≤ 0.21 + 0.2,
+                                                                       control Σa² ≤ 2 (exact)
+Pusher                      −5, 0                −750, 250             control 0.1·Σa² ≤ 2.8 plus the two
+                                                                       distances on the table (≥ −3.6 observed)
+InvertedPendulum            0, 1                 −50, 150              1 per step alive (exact)
+InvertedDoublePendulum      0, 10                −500, 1500            alive bonus 10 minus penalties (exact top)
+Swimmer                     −3, 3                −600, 600             forward velocity; bang-bang actions reach
+                                                                       ±2.8 per step (sustained speeds ≈ 0.35)
+HumanoidStandup             −11, 470             −25150, 71050         torso height (≤ 1.4 m) / timestep 0.003,
+                                                                       impact cost ≤ 10
+Ant, Humanoid               –                    −1600, 1600           the authors' Gym value
+HalfCheetah, Hopper,        –                    −1600, 1600           the authors' Gym value: the same reward
+Walker2d                                                               form as Ant/Humanoid (healthy bonus +
+                                                                       forward velocity − control), unbounded
+==========================  ===================  ====================  ==========================================
+
+MyoSuite: see ``MYO_VALUE_RANGE``. Another γ (or reward scale) needs ``--set v_min=… v_max=…``.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,13 +64,40 @@ Metric = Literal["return", "success"]
 
 #: DMC critic support of the DIME code (configs/alg/dime.yaml).
 DMC_VALUE_RANGE = (-200.0, 200.0)
-#: Gym critic support the DIME authors used for Ant-v3/Humanoid-v3 (README, ALRhub/DIME#2).
+#: Gym critic support the DIME authors used for Ant-v3/Humanoid-v3 (README, ALRhub/DIME#2); also the Gym locomotion
+#: tasks with the same reward form (HalfCheetah, Hopper, Walker2d).
 GYM_VALUE_RANGE = (-1600.0, 1600.0)
+#: Per-step reward ranges [r_lo, r_hi] of the Gym tasks whose support follows :func:`critic_support` (the table in
+#: the module docstring gives the sources).
+GYM_REWARD_RANGES: dict[str, tuple[float, float]] = {
+    "Pendulum": (-(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2), 0.0),
+    "Reacher": (-(0.21 + 0.2 + 2.0), 0.0),
+    "Pusher": (-5.0, 0.0),
+    "InvertedPendulum": (0.0, 1.0),
+    "InvertedDoublePendulum": (0.0, 10.0),
+    "Swimmer": (-3.0, 3.0),
+    "HumanoidStandup": (-11.0, 470.0),
+}
+#: The discount the supports are derived for: DIME's (and DIME-Gauss's) default.
+SUPPORT_GAMMA = 0.99
 #: MyoSuite support is not recoverable from the DIME repository (``dime.md`` §1, open question). MyoSuite's hand
 #: rewards reach several units per step (e.g. key-turn: angle + bonus 4 − 10·fingertip distances; obj-hold:
 #: bonus 4 − 100·goal distance), and time limits bootstrap, so discounted values approach 100 × the per-step reward.
 #: ±1000 keeps them inside the support with DMC's headroom ratio; override with ``--set v_min=... v_max=...``.
 MYO_VALUE_RANGE = (-1000.0, 1000.0)
+
+
+def critic_support(reward_low: float, reward_high: float, gamma: float = SUPPORT_GAMMA) -> tuple[float, float]:
+    """The support rule of the module docstring: the value bounds [min(r_lo, 0), max(r_hi, 0)]/(1 − γ), widened by
+    half their width on each side and rounded outward to a multiple of 10."""
+    low, high = min(reward_low, 0.0) / (1.0 - gamma), max(reward_high, 0.0) / (1.0 - gamma)
+    margin = 0.5 * (high - low)
+    return 10.0 * math.floor((low - margin) / 10.0), 10.0 * math.ceil((high + margin) / 10.0)
+
+
+def _gym_support(env: str) -> tuple[float, float]:
+    reward_range = GYM_REWARD_RANGES.get(env)
+    return GYM_VALUE_RANGE if reward_range is None else critic_support(*reward_range)
 
 
 class UnknownTaskError(ValueError):
@@ -97,8 +155,10 @@ def _static_tasks() -> dict[str, TaskSpec]:
     for env, length in _GYM_MUJOCO.items():
         for version in ("v4", "v5"):
             name = f"gym/{env}-{version}"
-            tasks[name] = TaskSpec(name, "gym", f"{env}-{version}", length, *GYM_VALUE_RANGE, "return")
-    tasks["gym/Pendulum-v1"] = TaskSpec("gym/Pendulum-v1", "gym", "Pendulum-v1", 200, *GYM_VALUE_RANGE, "return")
+            tasks[name] = TaskSpec(name, "gym", f"{env}-{version}", length, *_gym_support(env), "return")
+    tasks["gym/Pendulum-v1"] = TaskSpec(
+        "gym/Pendulum-v1", "gym", "Pendulum-v1", 200, *_gym_support("Pendulum"), "return"
+    )
     for short, (fixed_id, random_id, length) in _MYO_HAND.items():
         for name, env_id in ((f"myo/{short}", fixed_id), (f"myo/{short}-hard", random_id)):
             tasks[name] = TaskSpec(name, "myo", env_id, length, *MYO_VALUE_RANGE, "success")

@@ -199,6 +199,7 @@ class Trainer:
         obs_dim = int(np.prod(self.env.observation_space.shape))
         act_dim = int(np.prod(self.env.action_space.shape))
         self.agent = self.agent_cls(task, obs_dim, act_dim, self.agent_config, self.device)
+        self.agent.total_steps = cfg.total_steps  # run-length schedules (QVPO's entropy weight)
         self.buffer = ReplayBuffer(
             obs_dim, act_dim, min(self.agent_config.buffer_size, cfg.total_steps), self.device, seed=cfg.seed
         )

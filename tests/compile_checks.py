@@ -48,7 +48,8 @@ WARMUP, CHECKED = 24, 176
 #: Per-update agreement of compiled and eager metrics, actions and state (float reassociation only).
 RTOL, ATOL = 1e-4, 1e-5
 
-#: Tiny networks and short schedules so every periodic branch fires within a few dozen updates.
+#: Tiny networks and short schedules so every periodic branch fires within a few dozen updates (``train_every`` 1:
+#: the methods with an official update cadence of one update per 12 or 20 env steps train on every call here).
 TINY: dict[str, dict[str, Any]] = {
     "sac": {"hidden": (16, 16)},
     "dime": {"critic_width": 32, "num_atoms": 11, "diffusion_steps": 2, "score_width": 16, "brn_warmup_steps": 6},
@@ -70,6 +71,7 @@ TINY: dict[str, dict[str, Any]] = {
         "num_candidates": 4,
         "ema_start": 4,
         "ema_every": 2,
+        "train_every": 1,
     },
     "consistency-ac": {
         "actor_hidden": (16, 16),
@@ -78,6 +80,7 @@ TINY: dict[str, dict[str, Any]] = {
         "num_candidates": 4,
         "ema_start": 4,
         "ema_every": 2,
+        "train_every": 1,
     },
     "dipo": {
         "actor_hidden": (16, 16),
@@ -107,6 +110,7 @@ TINY: dict[str, dict[str, Any]] = {
         "entropy_samples": 20,
         "gmm_iterations": 3,
         "delay_update": 2,
+        "train_every": 1,
     },
 }
 

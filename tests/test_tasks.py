@@ -1,9 +1,11 @@
-"""The environment factory across the three suites."""
+"""The environment factory across the three suites, and the critic support of each task."""
+
+import math
 
 import numpy as np
 import pytest
 
-from dime.tasks import UnknownTaskError, get_task, make_env, registry
+from dime.tasks import GYM_REWARD_RANGES, UnknownTaskError, critic_support, get_task, make_env, registry
 
 ONE_PER_SUITE = ["dmc/cartpole-swingup", "gym/Hopper-v4", "myo/reach-hard"]
 
@@ -118,3 +120,54 @@ def test_myosuite_time_limit_truncates():
             break
     assert step <= spec.episode_length
     assert terminated or truncated
+
+
+def test_critic_support_contains_each_tasks_discounted_values_with_headroom():
+    """Time limits bootstrap, so values reach r/(1 − γ); the support holds that bound plus a quarter of the value
+    range on each side (DIME's γ = 0.99). Reward bounds written from the envs' reward definitions."""
+    scale = 1.0 / (1.0 - 0.99)
+    pendulum = -(math.pi**2 + 0.1 * 8.0**2 + 0.001 * 2.0**2)  # angle, max speed 8, max torque 2
+    reacher = -(0.1 + 0.11 + 0.2 + 2.0)  # fingertip reach + target radius, control Σa² with a ∈ [-1, 1]²
+    bounds = {
+        "gym/Pendulum-v1": (pendulum, 0.0),
+        "gym/Reacher-v4": (reacher, 0.0),
+        "gym/Reacher-v5": (reacher, 0.0),
+        "gym/InvertedPendulum-v4": (0.0, 1.0),
+        "dmc/cheetah-run": (0.0, 1.0),  # DMC rewards lie in [0, 1]
+    }
+    for name, (low, high) in bounds.items():
+        v_min, v_max = get_task(name).value_range
+        value_low, value_high = low * scale, high * scale
+        headroom = 0.25 * (value_high - value_low)
+        assert v_min <= value_low - headroom and value_high + headroom <= v_max, name
+    # Finer than the authors' Gym value where rewards are small: Reacher's 101 atoms are ~5 apart, not 32.
+    assert get_task("gym/Reacher-v4").value_range == (-370.0, 130.0)
+    assert get_task("gym/Pendulum-v1").value_range == (-2450.0, 820.0)
+    # The authors' values stay where they chose one.
+    assert get_task("gym/Ant-v4").value_range == (-1600.0, 1600.0)
+    assert get_task("gym/Humanoid-v5").value_range == (-1600.0, 1600.0)
+    assert get_task("dmc/dog-run").value_range == (-200.0, 200.0)
+
+
+def test_support_rule_widens_the_value_range_by_half_on_each_side():
+    assert critic_support(0.0, 1.0) == (-50.0, 150.0)
+    assert critic_support(-1.0, 1.0) == (-200.0, 200.0)
+    assert critic_support(-2.41, 0.0) == (-370.0, 130.0)  # rounded outward to multiples of 10
+
+
+@pytest.mark.parametrize("name", ["gym/Pendulum-v1", "gym/Reacher-v4", "gym/InvertedPendulum-v4"])
+def test_declared_reward_ranges_hold_under_random_and_extreme_actions(name):
+    task = get_task(name)
+    low, high = GYM_REWARD_RANGES[task.env_id.split("-")[0]]
+    env = make_env(task, seed=0)
+    rng = np.random.default_rng(0)
+    rewards = []
+    for episode in range(2):
+        env.reset(seed=episode)
+        for _ in range(200):
+            action = rng.uniform(-1, 1, env.action_space.shape)
+            _, reward, terminated, truncated, _ = env.step(np.sign(action) if episode else action)
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+    assert low <= min(rewards) and max(rewards) <= high
