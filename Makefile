@@ -2,7 +2,8 @@
 #   make run    create .venv if missing, then run the default study (snakemake --cores all)
 #   make test   create .venv if missing, then run the test suite
 # Variables: make run STUDY=smoke CORES=2 runs config/studies/smoke.yaml on 2 cores (defaults: STUDY=quick,
-# CORES=all); PYTEST_ARGS="-k status" passes arguments to pytest; TORCH_SPEC picks the torch wheel.
+# CORES=all); PYTEST_ARGS="-k status" passes arguments to pytest; TEST_WORKERS=0 runs the tests in this process
+# (default 2: pytest-xdist workers, each test single-threaded); TORCH_SPEC picks the torch wheel.
 # And one for a GPU machine, with the Python that has its CUDA torch (no .venv needed; README, "GPUs and clusters"):
 #   make gpu-check   benchmarks/gpu_check.py: CUDA checks and throughput in GPU_BUDGET_S seconds
 PYTHON ?= python3
@@ -12,6 +13,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0+cpu
 STUDY ?= quick
 CORES ?= all
+TEST_WORKERS ?= 2
 
 # The GPU check runs with .venv's Python if there is one, else with python3 (a GPU node set up from local wheels).
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
@@ -32,7 +34,7 @@ run: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --config study=$(STUDY)
 
 test: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
+from dime.checkpoint import load_checkpoint
 from tests.conftest import REPO_ROOT
 from tests.test_workflow import SMOKE_CONFIG, check_smoke_outputs, copy_workflow, ok, run_snakemake
 
@@ -147,7 +147,7 @@ def squeue(cluster: Path, state: str) -> list[str]:
 
 
 def checkpoint_step(run: Path) -> int:
-    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+    return load_checkpoint(run / "checkpoint.pt", {})["step"]
 
 
 def mtime(path: Path) -> float:

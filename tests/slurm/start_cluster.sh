@@ -31,7 +31,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
         || die "apt-get install failed"
 fi
 
-mkdir -p "$STATE"/{state,spool,log}
+mkdir -p "$STATE"/log
 
 # --- munge: the packages generate /etc/munge/munge.key; munged must run as user munge.
 if [ ! -s /etc/munge/munge.key ]; then
@@ -106,8 +106,11 @@ EOF
 printf '# Written by tests/slurm/start_cluster.sh (throwaway test cluster).\nName=gpu Type=fake File=%s\n' \
     "$GPU_FILES" >"$STATE/gres.conf"
 
-# A previous instance on this state directory is replaced.
+# A previous instance on this state directory is replaced, and its saved state goes with it: jobs restored from a
+# run that was killed (a CI box reused after a timeout) would hold the node 'allocated' with no process behind them.
 "$(dirname "$0")/stop_cluster.sh" "$STATE" --keep-munge >/dev/null 2>&1 || true
+rm -rf "$STATE/state" "$STATE/spool"
+mkdir -p "$STATE"/{state,spool}
 
 # Clients inside jobs need the default config path: Snakemake's SLURM job step strips SLURM_* variables
 # (SLURM_CONF included) before its nested srun. Link /etc/slurm to this cluster, never over a real configuration.
@@ -126,7 +129,7 @@ log "starting slurmctld and slurmd (config $SLURM_CONF)"
 slurmctld -i -f "$SLURM_CONF" || die "slurmctld did not start; see $STATE/log/slurmctld.log"
 slurmd -f "$SLURM_CONF" -N localhost || die "slurmd did not start; see $STATE/log/slurmd.log"
 
-for _ in $(seq 100); do
+for _ in $(seq 200); do
     node_state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
     case "$node_state" in
         idle*) break ;;
