@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     rows = []
+    source = git_state()
     for repeat in range(args.repeat):
         for algo in args.algos:
             for config_name in args.configs:
@@ -185,12 +186,16 @@ def main(argv: list[str] | None = None) -> None:
                         f"load {load:.1f}",
                         flush=True,
                     )
-                    write_report(rows, args, device)  # after every row: a long sweep keeps what it measured
-    write_report(rows, args, device)
+                    # After every row: a long sweep keeps what it measured.
+                    write_report(rows, args, device, source)
+    write_report(rows, args, device, source)
 
 
-def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device) -> None:
-    commit, dirty = git_state()
+def write_report(
+    rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device, source: tuple[str | None, bool | None]
+) -> None:
+    """``source``: the checkout's (commit, dirty) when the sweep started; the sweep's own reports dirty it later."""
+    commit, dirty = source
     references = {k: float(v) for k, _, v in (item.partition("=") for item in args.reference)}
     meta = {
         "task": args.task,
