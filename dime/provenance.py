@@ -34,17 +34,24 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout this package was imported from, or (None, None) outside git."""
+#: Generated outputs that are committed (``results/quick/``, benchmark figures): a study or benchmark rewrites them
+#: while it runs, so changes there do not make the code that produced a result "dirty".
+GENERATED_DIRECTORIES = ("results",)
+
+
+def git_state(root: Path = _REPO_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout at ``root`` (by default the one this package was imported from), or
+    (None, None) outside git. Dirty: a tracked file outside :data:`GENERATED_DIRECTORIES` differs from the commit."""
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(_REPO_ROOT), *args], capture_output=True, text=True, check=True, timeout=10
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        outside_outputs = [f":(top,exclude){directory}" for directory in GENERATED_DIRECTORIES]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *outside_outputs))
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, dirty
