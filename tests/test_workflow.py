@@ -208,6 +208,19 @@ def test_report_of_results_produced_elsewhere(smoke, tmp_path):
     check_report(work / "results" / "smoke" / "report.html", work / "results" / "smoke")
 
 
+def test_fresh_clone_with_committed_results_trains_the_study(smoke, tmp_path):
+    """A clone holds a study's committed tables and plots but no runs, no flag of rule runs_finished and no
+    Snakemake job records: the documented command trains every run, then aggregates them again."""
+    work = copy_workflow(tmp_path / "repo")
+    committed = work / "results" / "smoke"
+    shutil.copytree(smoke / "results" / "smoke", committed, ignore=shutil.ignore_patterns("runs", ".runs_finished"))
+    assert (committed / "scores_long.csv").exists() and not (committed / "runs").exists()
+    counts = job_counts(ok(run_snakemake(work, "-n", *SMOKE_CONFIG)))
+    assert counts["train"] == 8 and counts["runs_finished"] == counts["collect"] == 1, counts
+    # In the trained study the flag exists: nothing runs again.
+    assert "Nothing to be done" in ok(run_snakemake(smoke, "-n", *SMOKE_CONFIG))
+
+
 def test_finished_runs_are_not_retrained(smoke, tmp_path):
     work = tmp_path / "repo"
     shutil.copytree(smoke, work, symlinks=True)
@@ -390,7 +403,8 @@ def test_paper_study_dry_run_lists_every_job(tmp_path):
     counts = job_counts(output)
     assert counts["train"] == train_jobs == 970
     assert counts["aggregate"] == counts["tables"] == counts["plots"] == experiments
-    assert counts["total"] == train_jobs + 3 * experiments + 5  # + collect, fetch_reference, reproduction, index, all
+    # + runs_finished, collect, fetch_reference, reproduction, index, all
+    assert counts["total"] == train_jobs + 3 * experiments + 6
 
     def job(label: str, task: str, seed: int) -> str:
         start = output.index(f"wildcards: label={label}, task={task}, seed={seed}\n")

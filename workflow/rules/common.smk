@@ -252,12 +252,24 @@ def summary_path(run):
     return f"{RUNS}/{run.label}/{run.task}/seed{run.seed}/summary.json"
 
 
+def all_summaries(wildcards=None):
+    return [summary_path(run) for run in STUDY.runs.values()]
+
+
 def collected_summaries(wildcards):
     """Every run's summary.json; with partial=true, or when building a report, only those that exist."""
-    paths = [summary_path(run) for run in STUDY.runs.values()]
+    paths = all_summaries()
     if config["partial"] or REPORT_ONLY:
         paths = [p for p in paths if os.path.exists(p)]
     return paths
+
+
+RUNS_FINISHED = f"{OUT}/.runs_finished"
+
+
+def runs_finished_flag(wildcards):
+    """The flag of rule runs_finished, which every full aggregation waits for (not partial ones, not reports)."""
+    return [] if config["partial"] or REPORT_ONLY else [RUNS_FINISHED]
 
 
 PLOT_KINDS = ["interval_estimates", "sample_efficiency", "learning_curves", "performance_profiles", "poi"]
@@ -284,4 +296,5 @@ def all_targets():
     targets = [f"{OUT}/README.md", f"{OUT}/summary.html", f"{OUT}/provenance.json", f"{OUT}/scores_long.csv"]
     for experiment in EXPERIMENTS:
         targets += experiment_outputs(experiment)
-    return targets + reproduction_outputs()  # workflow/rules/reference.smk
+    # The flag of rule runs_finished is a target: a fresh clone (committed tables, no runs) trains the study.
+    return targets + reproduction_outputs() + runs_finished_flag(None)  # workflow/rules/reference.smk
