@@ -20,7 +20,6 @@ import importlib.metadata
 import json
 import math
 import platform
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import pandas as pd
 import studylib
 
+from dime.provenance import git_state
 from dime.run_logging import format_duration
 from dime.status import run_status
 
@@ -160,15 +160,6 @@ def _unfinished(directory: Path, target_steps: int) -> dict[str, Any]:
     return {"status": "missing", "detail": "no summary.json (not started)"}
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _ANALYSIS_PACKAGES:
@@ -182,7 +173,8 @@ def _versions() -> dict[str, str | None]:
 def manifest(study: studylib.Study, status: pd.DataFrame, runs_dir: Path, args: argparse.Namespace) -> dict:
     """Everything needed to say where the numbers came from: study, code, packages, and each run's record."""
     root = studylib.WORKFLOW_DIR.parent
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    # Dirty as for the runs: the study's own committed results, rewritten by this very workflow, do not count.
+    commit, dirty = git_state(root)
     runs = []
     for row in status.to_dict("records"):
         summary_path = Path(row["run_dir"]) / "summary.json"
@@ -200,8 +192,8 @@ def manifest(study: studylib.Study, status: pd.DataFrame, runs_dir: Path, args: 
         "normalisation_file": studylib.display_path(args.normalisation),
         "normalisation_sha256": hashlib.sha256(Path(args.normalisation).read_bytes()).hexdigest(),
         "collected_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "workflow_git_commit": _git(root, "rev-parse", "HEAD"),
-        "workflow_git_dirty": None if dirty is None else bool(dirty),
+        "workflow_git_commit": commit,
+        "workflow_git_dirty": dirty,
         "analysis_versions": _versions(),
         "runs_expected": len(status),
         "runs_ok": len(ok),
