@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
 def write_report(
     rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device, source: tuple[str | None, bool | None]
 ) -> None:
-    """``source``: the checkout's (commit, dirty) when the sweep started; the sweep's own reports dirty it later."""
+    """``source``: the checkout's (commit, dirty) taken once when the sweep started, i.e. of the code it measured."""
     commit, dirty = source
     references = {k: float(v) for k, _, v in (item.partition("=") for item in args.reference)}
     meta = {
